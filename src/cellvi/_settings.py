@@ -1,0 +1,73 @@
+"""Global settings: seed, threads, progress bars and verbosity."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class CellviSettings:
+    """Package-wide settings, available as ``cellvi.settings``.
+
+    Attributes
+    ----------
+    seed
+        Default random seed used by training functions when they are not given one.
+    n_threads
+        Number of CPU threads torch may use (``None`` keeps torch's default).
+    progress_bar
+        Whether training shows a progress bar.
+    verbosity
+        0 = errors, 1 = warnings, 2 = info (default), 3 = debug.
+    """
+
+    def __init__(self) -> None:
+        self.seed = 0
+        self.progress_bar = True
+        self._n_threads: int | None = None
+        self._verbosity = 2
+        self._apply_verbosity()
+
+    @property
+    def n_threads(self) -> int | None:
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value: int | None) -> None:
+        if value is not None:
+            if int(value) < 1:
+                raise ValueError(f"n_threads must be a positive integer or None, got {value!r}.")
+            torch.set_num_threads(int(value))
+        self._n_threads = None if value is None else int(value)
+
+    @property
+    def verbosity(self) -> int:
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if value not in _LEVELS:
+            raise ValueError(f"verbosity must be one of {sorted(_LEVELS)}, got {value!r}.")
+        self._verbosity = int(value)
+        self._apply_verbosity()
+
+    def _apply_verbosity(self) -> None:
+        logger = logging.getLogger("cellvi")
+        logger.setLevel(_LEVELS[self._verbosity])
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+
+    def __repr__(self) -> str:
+        return (
+            f"CellviSettings(seed={self.seed}, n_threads={self.n_threads}, "
+            f"progress_bar={self.progress_bar}, verbosity={self.verbosity})"
+        )
+
+
+settings = CellviSettings()

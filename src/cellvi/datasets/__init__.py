@@ -1,0 +1,5 @@
+"""Small real datasets bundled with cellvi."""
+
+from ._pbmc import pbmc_10x
+
+__all__ = ["pbmc_10x"]

@@ -1,0 +1,1 @@
+"""Model lifecycle: storage of trained models in ``.uns`` (and, later, criticism and hub)."""

@@ -1,0 +1,288 @@
+"""The scVI variational autoencoder as a pure torch module (it never sees an AnnData).
+
+``inference`` maps counts to ``q(z | x)`` (and ``q(l | x)`` for a learned library size),
+``generative`` maps a latent to the parameters of the count distribution, ``loss`` returns the
+per-cell terms of the negative ELBO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from ..distributions._likelihood import (
+    nb_log_likelihood,
+    poisson_log_likelihood,
+    zinb_log_likelihood,
+)
+from ..nn import CountDecoder, GaussianEncoder
+
+DISPERSIONS = ("gene", "gene-batch", "gene-label", "gene-cell")
+GENE_LIKELIHOODS = ("zinb", "nb", "poisson")
+LATENT_DISTRIBUTIONS = ("normal", "ln")
+NORM_PLACEMENTS = ("both", "encoder", "decoder", "none")
+
+
+@dataclass
+class LossTerms:
+    """Per-cell terms of the negative ELBO and the scalar training loss."""
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    kl_z: torch.Tensor
+    kl_library: torch.Tensor
+
+
+def _check_option(name: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {list(valid)}.")
+
+
+class SCVIModule(nn.Module):
+    """scVI: a VAE for counts with batch correction.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch, n_labels
+        Number of batches and of labels (1 when not registered).
+    n_cats_per_cov, n_cont
+        Category counts of the extra categorical covariates; number of continuous covariates.
+    n_hidden, n_latent, n_layers, dropout_rate
+        Network shape (``dropout_rate`` applies to the encoders).
+    dispersion
+        ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
+    gene_likelihood
+        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+    latent_distribution
+        ``"normal"`` or ``"ln"`` (logistic normal: softmax of a Gaussian sample).
+    use_observed_lib_size
+        Use the observed total counts (or registered size factors) as library size; otherwise
+        learn it with a per-batch log-normal prior.
+    encode_covariates
+        Give the encoders the batch and covariates too.
+    deeply_inject_covariates
+        Inject covariates in every hidden layer, not only the first.
+    batch_representation, batch_embedding_dim
+        Batch as one-hot (``"one-hot"``) or as a learned embedding of that dimension.
+    use_batch_norm, use_layer_norm
+        Where to normalise: ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        *,
+        n_batch: int = 1,
+        n_labels: int = 1,
+        n_cats_per_cov: Sequence[int] = (),
+        n_cont: int = 0,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: str = "gene",
+        gene_likelihood: str = "zinb",
+        latent_distribution: str = "normal",
+        use_observed_lib_size: bool = True,
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        batch_representation: str = "one-hot",
+        batch_embedding_dim: int = 5,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
+    ) -> None:
+        super().__init__()
+        _check_option("dispersion", dispersion, DISPERSIONS)
+        _check_option("gene_likelihood", gene_likelihood, GENE_LIKELIHOODS)
+        _check_option("latent_distribution", latent_distribution, LATENT_DISTRIBUTIONS)
+        _check_option("batch_representation", batch_representation, ("one-hot", "embedding"))
+        _check_option("use_batch_norm", use_batch_norm, NORM_PLACEMENTS)
+        _check_option("use_layer_norm", use_layer_norm, NORM_PLACEMENTS)
+        self.n_input, self.n_batch, self.n_labels = n_input, n_batch, n_labels
+        self.n_latent = n_latent
+        self.dispersion = dispersion
+        self.gene_likelihood = gene_likelihood
+        self.latent_distribution = latent_distribution
+        self.use_observed_lib_size = use_observed_lib_size
+        self.encode_covariates = encode_covariates
+        self.batch_representation = batch_representation
+
+        if batch_representation == "embedding":
+            self.batch_embedding = nn.Embedding(n_batch, batch_embedding_dim)
+            cats, cont = list(n_cats_per_cov), n_cont + batch_embedding_dim
+        else:
+            self.batch_embedding = None
+            cats, cont = [n_batch, *n_cats_per_cov], n_cont
+        enc_cats, enc_cont = (cats, cont) if encode_covariates else ([], 0)
+        enc_norm = {
+            "use_batch_norm": use_batch_norm in ("both", "encoder"),
+            "use_layer_norm": use_layer_norm in ("both", "encoder"),
+        }
+        dec_norm = {
+            "use_batch_norm": use_batch_norm in ("both", "decoder"),
+            "use_layer_norm": use_layer_norm in ("both", "decoder"),
+        }
+        shape = {"n_hidden": n_hidden, "inject_all_layers": deeply_inject_covariates}
+        self.z_encoder = GaussianEncoder(
+            n_input,
+            n_latent,
+            n_layers=n_layers,
+            n_cats=enc_cats,
+            n_cont=enc_cont,
+            dropout_rate=dropout_rate,
+            **shape,
+            **enc_norm,
+        )
+        self.l_encoder = None
+        if not use_observed_lib_size:
+            self.l_encoder = GaussianEncoder(
+                n_input,
+                1,
+                n_layers=1,
+                n_cats=enc_cats,
+                n_cont=enc_cont,
+                dropout_rate=dropout_rate,
+                **shape,
+                **enc_norm,
+            )
+        self.decoder = CountDecoder(
+            n_latent,
+            n_input,
+            n_layers=n_layers,
+            n_cats=cats,
+            n_cont=cont,
+            dropout_rate=0.0,
+            zero_inflation=gene_likelihood == "zinb",
+            cell_dispersion=dispersion == "gene-cell",
+            **shape,
+            **dec_norm,
+        )
+        rows = {"gene": None, "gene-batch": n_batch, "gene-label": n_labels}.get(dispersion)
+        shape_r = (n_input,) if rows is None else (rows, n_input)
+        self.log_theta = nn.Parameter(torch.randn(shape_r)) if dispersion != "gene-cell" else None
+        self.register_buffer("library_log_means", torch.zeros(n_batch))
+        self.register_buffer("library_log_vars", torch.ones(n_batch))
+
+    # -- covariates ---------------------------------------------------------------------------
+    def _covariates(self, batch, cat_covs, cont_covs):
+        cats = [cat_covs[:, i] for i in range(cat_covs.shape[1])] if cat_covs.numel() else []
+        cont = cont_covs if cont_covs.numel() else None
+        if self.batch_embedding is not None:
+            emb = self.batch_embedding(batch)
+            return cats, emb if cont is None else torch.cat([emb, cont], dim=-1)
+        return [batch, *cats], cont
+
+    # -- inference ----------------------------------------------------------------------------
+    def inference(
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor,
+        cat_covs: torch.Tensor,
+        cont_covs: torch.Tensor,
+        size_factor: torch.Tensor | None = None,
+        *,
+        deterministic: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """``q(z | x)`` parameters, a latent sample (or the mean) and the log library size."""
+        x_in = torch.log1p(x)
+        cats, cont = self._covariates(batch, cat_covs, cont_covs)
+        enc_cats, enc_cont = (cats, cont) if self.encode_covariates else ([], None)
+        qz_m, qz_v = self.z_encoder(x_in, enc_cats, enc_cont)
+        z = qz_m if deterministic else qz_m + qz_v.sqrt() * torch.randn_like(qz_m)
+        if self.latent_distribution == "ln":
+            z = F.softmax(z, dim=-1)
+        out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
+        if self.l_encoder is None:
+            total = size_factor if size_factor is not None else x.sum(-1)
+            # zero-count cells get library 1 (log 0): finite, and they only ever see zeros
+            out["log_library"] = torch.log(total.clamp(min=1.0) if size_factor is None else total)
+        else:
+            ql_m, ql_v = self.l_encoder(x_in, enc_cats, enc_cont)
+            ql_m, ql_v = ql_m.squeeze(-1), ql_v.squeeze(-1)
+            log_l = ql_m if deterministic else ql_m + ql_v.sqrt() * torch.randn_like(ql_m)
+            out.update(ql_m=ql_m, ql_v=ql_v, log_library=log_l)
+        return out
+
+    # -- generative ---------------------------------------------------------------------------
+    def generative(
+        self,
+        z: torch.Tensor,
+        log_library: torch.Tensor,
+        batch: torch.Tensor,
+        labels: torch.Tensor,
+        cat_covs: torch.Tensor,
+        cont_covs: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Parameters of ``p(x | z, l)``: ``log_mu``, ``log_scale``, ``theta`` and ``zi_logits``."""
+        cats, cont = self._covariates(batch, cat_covs, cont_covs)
+        out = self.decoder(z, log_library, cats, cont)
+        if self.dispersion == "gene-cell":
+            out["theta"] = torch.exp(out.pop("log_theta"))
+        elif self.dispersion == "gene":
+            out["theta"] = torch.exp(self.log_theta)
+        else:
+            index = batch if self.dispersion == "gene-batch" else labels
+            out["theta"] = torch.exp(self.log_theta)[index]
+        return out
+
+    def log_likelihood(self, x: torch.Tensor, gen: dict, mb: dict) -> torch.Tensor:
+        """Full normalised ``log p(x | z, l)`` per cell."""
+        extra = {
+            "log_x_factorial": mb["log_x_factorial"],
+            "nz_rows": mb.get("nz_rows"),
+            "nz_cols": mb.get("nz_cols"),
+        }
+        if self.gene_likelihood == "zinb":
+            return zinb_log_likelihood(x, gen["log_mu"], gen["theta"], gen["zi_logits"], **extra)
+        if self.gene_likelihood == "nb":
+            return nb_log_likelihood(x, gen["log_mu"], gen["theta"], **extra)
+        return poisson_log_likelihood(x, gen["log_mu"], **extra)
+
+    def count_distribution(self, gen: dict) -> torch.distributions.Distribution:
+        """``p(x | z, l)`` as a distribution object, for sampling and criticism."""
+        mu = torch.exp(gen["log_mu"])
+        if self.gene_likelihood == "poisson":
+            return Poisson(mu)
+        theta = gen["theta"].expand_as(mu)
+        if self.gene_likelihood == "nb":
+            return NegativeBinomial(mu, theta)
+        return ZeroInflatedNegativeBinomial(mu, theta, gen["zi_logits"])
+
+    # -- loss ---------------------------------------------------------------------------------
+    def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossTerms:
+        """Negative ELBO of a minibatch, with the KL of ``z`` scaled by ``kl_weight``."""
+        inf = self.inference(
+            mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor")
+        )
+        gen = self.generative(
+            inf["z"],
+            inf["log_library"],
+            mb["batch"],
+            mb["labels"],
+            mb["cat_covs"],
+            mb["cont_covs"],
+        )
+        reconstruction = -self.log_likelihood(mb["x"], gen, mb)
+        kl_z = _kl_standard_normal(inf["qz_m"], inf["qz_v"])
+        kl_library = torch.zeros_like(kl_z)
+        if self.l_encoder is not None:
+            prior_m = self.library_log_means[mb["batch"]]
+            prior_v = self.library_log_vars[mb["batch"]]
+            kl_library = _kl_normal(inf["ql_m"], inf["ql_v"], prior_m, prior_v)
+        loss = (reconstruction + kl_weight * kl_z + kl_library).mean()
+        return LossTerms(loss, reconstruction, kl_z, kl_library)
+
+
+def _kl_standard_normal(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (v + m.square() - 1.0 - torch.log(v)).sum(-1)
+
+
+def _kl_normal(m, v, prior_m, prior_v) -> torch.Tensor:
+    return 0.5 * (torch.log(prior_v / v) + (v + (m - prior_m).square()) / prior_v - 1.0)

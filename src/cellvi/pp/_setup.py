@@ -1,0 +1,101 @@
+"""``setup_registry``: validate an AnnData and record what cellvi models will read from it."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+from anndata import AnnData
+
+from ..data._fields import check_anndata
+from ..data.registry import REGISTRY_KEY, build_registry
+
+logger = logging.getLogger("cellvi")
+
+
+def setup_registry(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    labels_key: str | None = None,
+    size_factor_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Validate the raw counts and annotations a model will use and register them.
+
+    Everything is checked before anything is changed, so `adata` is left untouched when a check
+    fails. Zero-count cells, all-zero genes and single-cell batches are allowed, with a warning.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw counts (in memory; backed mode is not supported yet).
+    layer
+        Layer with the raw counts; ``None`` uses ``adata.X``.
+    batch_key
+        ``adata.obs`` column with the batch of each cell.
+    labels_key
+        ``adata.obs`` column with cell labels (e.g. cell types).
+    size_factor_key
+        ``adata.obs`` column with positive size factors; ``None`` uses library sizes.
+    categorical_covariate_keys
+        ``adata.obs`` columns with further categorical covariates (e.g. donor).
+    continuous_covariate_keys
+        ``adata.obs`` columns with further numeric covariates (e.g. percent mitochondrial).
+    copy
+        Return a registered copy instead of modifying `adata`.
+
+    Returns
+    -------
+    A registered copy if `copy` is ``True``, else ``None``; sets the registry (see
+    :mod:`cellvi.data.registry`) as ``adata.uns["cellvi_registry"]``.
+    """
+    check_anndata(adata)
+    if adata.isbacked:
+        raise ValueError(
+            "adata is backed (opened from a file); cellvi needs it in memory for now: "
+            "load it with `adata = adata.to_memory()`."
+        )
+    registry = build_registry(
+        adata,
+        layer=layer,
+        batch_key=batch_key,
+        labels_key=labels_key,
+        size_factor_key=size_factor_key,
+        categorical_covariate_keys=categorical_covariate_keys,
+        continuous_covariate_keys=continuous_covariate_keys,
+    )
+    if copy:
+        adata = adata.copy()
+    elif adata.is_view:
+        # Like scanpy: a view cannot hold new .uns entries, so it becomes an actual AnnData.
+        warnings.warn("Received a view of an AnnData. Making a copy.", UserWarning, stacklevel=2)
+        adata._init_as_actual(adata.copy())
+    adata.uns[REGISTRY_KEY] = registry
+    logger.info(_summary(registry))
+    return adata if copy else None
+
+
+def _summary(registry: dict) -> str:
+    """One line describing what was registered."""
+    source = f"layer {registry['layer']!r}" if registry["layer"] else "X"
+    parts = [f"{registry['n_cells']:,} cells × {registry['n_vars']:,} genes from {source}"]
+    for key, count, noun in (
+        ("batch_key", "n_batch", "batches"),
+        ("labels_key", "n_labels", "labels"),
+    ):
+        if registry[key]:
+            parts.append(f"{key}={registry[key]!r} ({registry[count]:,} {noun})")
+    n_cat = len(registry["categorical_covariate_keys"])
+    n_cont = len(registry["continuous_covariate_keys"])
+    if n_cat or n_cont:
+        parts.append(f"{n_cat} categorical and {n_cont} continuous covariates")
+    if registry["size_factor_key"]:
+        parts.append(f"size factors from {registry['size_factor_key']!r}")
+    if registry["n_zero_count_cells"]:
+        parts.append(f"{registry['n_zero_count_cells']:,} zero-count cells")
+    return f"cellvi registry in adata.uns[{REGISTRY_KEY!r}]: " + "; ".join(parts) + "."

@@ -1,0 +1,99 @@
+"""What every ``tl`` function that uses a trained model shares: find it, check data, run it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from ..data.loader import MinibatchLoader, TensorData
+from ..data.registry import extract_registered_data
+from ..lifecycle.payload import decode, to_builtin
+
+
+@dataclass
+class LoadedModel:
+    """A module rebuilt from ``.uns`` with what it was trained with."""
+
+    key: str
+    module: torch.nn.Module
+    payload: dict[str, Any]
+    registry: dict[str, Any]
+    var_names: list[str]
+    params: dict[str, Any]
+
+
+def get_payload(adata: AnnData, key: str) -> dict[str, Any]:
+    """``adata.uns[key]``, or an error naming the call that creates it."""
+    if key not in adata.uns:
+        trained = [
+            k
+            for k, v in adata.uns.items()
+            if isinstance(v, dict) and v.get("encoding-type") == "cellvi-model"
+        ]
+        found = f" Models found in .uns: {trained}." if trained else ""
+        raise KeyError(
+            f"No trained model at adata.uns[{key!r}]; train one first with "
+            f"`cv.tl.scvi_train(adata, key_added={key!r})`.{found}"
+        )
+    return adata.uns[key]
+
+
+def load_model(source: AnnData, key: str) -> LoadedModel:
+    """Rebuild the model stored in ``source.uns[key]`` (weights bit-identical)."""
+    payload = get_payload(source, key)
+    module = decode(payload, key)
+    return LoadedModel(
+        key=key,
+        module=module,
+        payload=payload,
+        registry=payload["registry"],
+        var_names=to_builtin(payload["var_names"]),
+        params=to_builtin(payload["params"]),
+    )
+
+
+def model_data(adata: AnnData, model: LoadedModel) -> TensorData:
+    """The fields of ``adata`` the model needs, checked against the model's registry."""
+    data = extract_registered_data(adata, model.registry, var_names=model.var_names)
+    return TensorData.from_registered(data)
+
+
+def inference_device(module: torch.nn.Module) -> torch.device:
+    """Where to run a trained model: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def minibatches(
+    data: TensorData, device: torch.device, batch_size: int = 1024
+) -> Iterator[dict[str, torch.Tensor]]:
+    """All cells in order, in minibatches moved to ``device``."""
+    loader = MinibatchLoader(data, np.arange(data.n_cells), batch_size=batch_size)
+    for mb in loader:
+        yield {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+
+
+def latent_mean(module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Posterior mean of ``z`` (softmax of the Gaussian mean for a logistic-normal latent)."""
+    inf = module.inference(
+        mb["x"],
+        mb["batch"],
+        mb["cat_covs"],
+        mb["cont_covs"],
+        mb.get("size_factor"),
+        deterministic=True,
+    )
+    return inf["z"]
+
+
+@torch.inference_mode()
+def compute_latent(module, data: TensorData, batch_size: int = 1024) -> np.ndarray:
+    """Posterior means for every cell, as a float32 array."""
+    device = inference_device(module)
+    module.to(device).eval()
+    parts = [latent_mean(module, mb).float().cpu() for mb in minibatches(data, device, batch_size)]
+    return torch.cat(parts).numpy()

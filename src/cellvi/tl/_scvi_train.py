@@ -1,0 +1,226 @@
+"""``cv.tl.scvi_train``: train scVI on registered data, leave latent and model in the AnnData."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .._settings import settings
+from ..data.loader import TensorData, train_validation_split
+from ..data.registry import extract_registered_data, get_registry
+from ..lifecycle.payload import encode
+from ..models.scvi_codec import build_module
+from ..train.plan import TrainingPlan
+from ..train.trainer import default_kl_warmup, default_max_epochs, fit
+from ..utils.seeding import seed_everything
+from ..utils.session import session_report, versions
+from ._common import compute_latent
+from ._evaluate import evaluate_module
+
+logger = logging.getLogger("cellvi")
+
+
+def _check_training_args(max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup) -> None:
+    if max_epochs is not None and int(max_epochs) < 1:
+        raise ValueError(
+            f"max_epochs must be a positive integer (or None for the default "
+            f"based on the number of cells), got {max_epochs}."
+        )
+    if int(batch_size) < 2:
+        raise ValueError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}.")
+    if not 0.0 < train_size <= 1.0:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
+    if n_epochs_kl_warmup is not None and n_epochs_kl_warmup < 0:
+        raise ValueError(f"n_epochs_kl_warmup must be >= 0, got {n_epochs_kl_warmup}.")
+
+
+def scvi_train(
+    adata: AnnData,
+    *,
+    key_added: str = "scvi",
+    n_hidden: int = 128,
+    n_latent: int = 10,
+    n_layers: int = 1,
+    dropout_rate: float = 0.1,
+    dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+    gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+    latent_distribution: Literal["normal", "ln"] = "normal",
+    use_observed_lib_size: bool = True,
+    encode_covariates: bool = False,
+    deeply_inject_covariates: bool = True,
+    batch_representation: Literal["one-hot", "embedding"] = "one-hot",
+    batch_embedding_dim: int = 5,
+    use_batch_norm: Literal["both", "encoder", "decoder", "none"] = "both",
+    use_layer_norm: Literal["both", "encoder", "decoder", "none"] = "none",
+    max_epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    n_epochs_kl_warmup: int | None = None,
+    train_size: float = 0.9,
+    early_stopping: bool = False,
+    early_stopping_patience: int = 45,
+    reduce_lr_on_plateau: bool = False,
+    check_val_every_n_epoch: int | None = None,
+    gradient_clip_val: float | None = None,
+    seed: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    copy: bool = False,
+) -> AnnData | None:
+    """Train an scVI model and store its latent space and the model itself in ``adata``.
+
+    Needs :func:`cellvi.pp.setup_registry` first. The model (weights, parameters, registry,
+    gene names, training history, versions) is stored in ``adata.uns[key_added]`` as plain
+    arrays and strings, so ``adata.write_h5ad`` saves data and model together.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with a cellvi registry.
+    key_added
+        Where results go: ``adata.obsm["X_" + key_added]`` and ``adata.uns[key_added]``.
+    n_hidden, n_latent, n_layers, dropout_rate
+        Network shape: hidden width, latent dimension, hidden layers, encoder dropout.
+    dispersion
+        One inverse dispersion per gene, per gene and batch, per gene and label, or per gene
+        and cell.
+    gene_likelihood
+        Count distribution: zero-inflated negative binomial, negative binomial or Poisson.
+    latent_distribution
+        ``"normal"`` or ``"ln"`` (logistic normal).
+    use_observed_lib_size
+        Use each cell's total counts (or the registered size factor) as its library size.
+        ``False`` learns it, with a log-normal prior per batch.
+    encode_covariates
+        Also give the batch and covariates to the encoder.
+    deeply_inject_covariates
+        Inject covariates into every hidden layer (matters for ``n_layers > 1``).
+    batch_representation, batch_embedding_dim
+        Batch as a one-hot code or as a learned embedding of this dimension.
+    use_batch_norm, use_layer_norm
+        Where BatchNorm / LayerNorm are used.
+    max_epochs
+        Passes over the training cells. ``None``: about 5 million cell passes,
+        ``ceil(5e6 / n_cells)`` clipped to [20, 400] (400 up to 12,500 cells).
+    batch_size, lr, weight_decay
+        Minibatch size and Adam settings (``eps=0.01``).
+    n_epochs_kl_warmup
+        Epochs over which the KL weight rises from 0 to 1. ``None``: the first quarter of
+        ``max_epochs``, so warm-up always ends before training does.
+    train_size
+        Fraction of cells used for training; the rest are for validation (recorded with the
+        model).
+    early_stopping, early_stopping_patience
+        Stop when the validation ELBO has not improved for this many epochs.
+    reduce_lr_on_plateau
+        Lower the learning rate when the validation ELBO plateaus.
+    check_val_every_n_epoch
+        Record the validation ELBO every this many epochs (``None``: only at the end, unless
+        early stopping or LR-on-plateau need it every epoch).
+    gradient_clip_val
+        Clip gradient norms to this value.
+    seed
+        Random seed (``None``: ``cv.settings.seed``). Same seed and data on CPU give an
+        identical model and latent.
+    accelerator, devices
+        Passed to :class:`lightning.pytorch.Trainer` (``"auto"`` uses a GPU when present).
+    copy
+        Return a trained copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy when ``copy=True``. Sets
+
+    ``adata.obsm["X_" + key_added]``
+        Posterior mean of the latent, ``(n_cells, n_latent)``.
+    ``adata.uns[key_added]``
+        The model payload: ``params``, ``registry``, ``var_names``, ``weights``
+        (safetensors bytes), ``history``, ``validation_indices``, ``metrics``, ``versions``,
+        ``session_info`` and the format version (see the payload specification).
+    """
+    params = {k: v for k, v in locals().items() if k not in ("adata", "copy")}
+    start = time.perf_counter()
+    _check_training_args(max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup)
+    registry = get_registry(adata)
+    seed = settings.seed if seed is None else int(seed)
+    generator = seed_everything(seed)
+    # options are checked by building the module before anything is trained or written
+    module = build_module(params, registry, adata.n_vars)
+    registered = extract_registered_data(adata, registry)
+    data = TensorData.from_registered(registered)
+    module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))
+    module.library_log_vars.copy_(torch.as_tensor(registry["library_log_vars"]).clamp(min=1e-4))
+    max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
+    warmup = default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
+    params.update(max_epochs=max_epochs, n_epochs_kl_warmup=int(warmup), seed=seed)
+    train_idx, val_idx = train_validation_split(data.n_cells, train_size, generator)
+    logger.info(
+        f"training scVI on {data.n_cells:,} cells x {data.n_vars:,} genes "
+        f"({len(val_idx):,} held out for validation), {max_epochs} epochs"
+    )
+    plan = TrainingPlan(
+        module,
+        lr=lr,
+        weight_decay=weight_decay,
+        n_epochs_kl_warmup=int(warmup),
+        reduce_lr_on_plateau=reduce_lr_on_plateau,
+    )
+    fit(
+        plan,
+        data,
+        train_indices=train_idx,
+        validation_indices=val_idx,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        generator=generator,
+        early_stopping=early_stopping,
+        early_stopping_patience=early_stopping_patience,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        gradient_clip_val=gradient_clip_val,
+        accelerator=accelerator,
+        devices=devices,
+        progress_bar=settings.progress_bar,
+        description=f"scVI ({key_added})",
+    )
+    module = plan.module.cpu().eval()
+    latent = compute_latent(module, data)
+    metrics = _final_metrics(module, data, val_idx, seed)
+    payload = encode(
+        "scvi",
+        module.cpu(),
+        params=params,
+        extra={
+            "registry": registry,
+            "var_names": np.asarray(adata.var_names, dtype=str),
+            "history": {k: np.asarray(v, dtype=np.float64) for k, v in plan.history.items()},
+            "validation_indices": val_idx.astype(np.int64),
+            "metrics": metrics,
+            "training_time_s": float(time.perf_counter() - start),
+            "versions": versions(),
+            "session_info": session_report(),
+        },
+    )
+    adata = adata.copy() if copy else adata
+    adata.obsm[f"X_{key_added}"] = latent
+    adata.uns[key_added] = payload
+    logger.info(
+        f"    finished in {time.perf_counter() - start:.1f}s: added 'X_{key_added}' "
+        f"(adata.obsm) and the model (adata.uns[{key_added!r}])"
+    )
+    return adata if copy else None
+
+
+def _final_metrics(module, data: TensorData, val_idx: np.ndarray, seed: int) -> dict[str, Any]:
+    """Full (normalised) per-cell ELBO on the validation cells, when there are any."""
+    if len(val_idx) == 0:
+        return {}
+    result = evaluate_module(module, data, indices=val_idx, seed=seed)
+    return {f"{k}_validation": v for k, v in result.items()}

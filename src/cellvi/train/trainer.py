@@ -1,0 +1,101 @@
+"""Setting up and running a Lightning trainer for a training plan."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from ..data.loader import MinibatchLoader, TensorData
+from .callbacks import EpochProgressBar
+from .plan import TrainingPlan
+
+#: Cell passes a default-length run aims for (``max_epochs`` = this / n_cells, within bounds).
+DEFAULT_CELL_PASSES = 5_000_000
+MIN_DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS = 20, 400
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Default number of epochs: about 5 million cell passes, between 20 and 400 epochs.
+
+    Small data sets get many epochs (400 for 12,500 cells or fewer), large ones few (20 from
+    250,000 cells), so the number of gradient steps stays within a useful range.
+    """
+    epochs = math.ceil(DEFAULT_CELL_PASSES / max(n_cells, 1))
+    return int(np.clip(epochs, MIN_DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS))
+
+
+def default_kl_warmup(max_epochs: int) -> int:
+    """Default KL warm-up: the first quarter of training, so it always ends before training."""
+    return max(1, math.ceil(max_epochs / 4))
+
+
+def fit(
+    plan: TrainingPlan,
+    data: TensorData,
+    *,
+    train_indices: np.ndarray,
+    validation_indices: np.ndarray,
+    batch_size: int,
+    max_epochs: int,
+    generator: torch.Generator,
+    early_stopping: bool = False,
+    early_stopping_patience: int = 45,
+    check_val_every_n_epoch: int | None = None,
+    gradient_clip_val: float | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    progress_bar: bool = True,
+    description: str = "training",
+) -> TrainingPlan:
+    """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
+    (every epoch when early stopping or LR-on-plateau needs it, never when ``None``)."""
+    train = MinibatchLoader(
+        data, train_indices, batch_size=batch_size, shuffle=True, generator=generator
+    )
+    has_val = len(validation_indices) > 0
+    needs_val = early_stopping or plan.reduce_lr_on_plateau
+    if needs_val and not has_val:
+        raise ValueError(
+            "early_stopping / reduce_lr_on_plateau need validation cells: use train_size < 1."
+        )
+    every = 1 if needs_val else check_val_every_n_epoch
+    val = None
+    if has_val and every:
+        val = MinibatchLoader(data, validation_indices, batch_size=max(batch_size, 1024))
+    callbacks = [EpochProgressBar(description)] if progress_bar else []
+    if early_stopping:
+        callbacks.append(
+            EarlyStopping(
+                monitor="elbo_validation",
+                mode="max",
+                patience=early_stopping_patience,
+                min_delta=0.0,
+            )
+        )
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=every or 1,
+        limit_val_batches=1.0 if val is not None else 0,
+        gradient_clip_val=gradient_clip_val,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+        trainer.fit(plan, train_dataloaders=train, val_dataloaders=val)
+    return plan

@@ -1,0 +1,1 @@
+"""Core utilities: seeding, logging, versions and session information."""

@@ -1,0 +1,36 @@
+"""Versions and a session-info report recorded with every trained model."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import platform
+
+
+def package_version(name: str) -> str:
+    """Installed version of a distribution, or ``"unknown"``."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine a model's numerics."""
+    names = ["cellvi", "torch", "lightning", "anndata", "scanpy", "numpy", "scipy"]
+    out = {name: package_version(name) for name in names}
+    out["python"] = platform.python_version()
+    return out
+
+
+def session_report() -> str:
+    """A plain-text session-info report (``session_info``), empty if it cannot be produced."""
+    try:
+        import session_info
+    except ImportError:
+        return ""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(Exception):
+        session_info.show(html=False, dependencies=False, write_req_file=False)
+    return buffer.getvalue()

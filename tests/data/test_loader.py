@@ -1,0 +1,90 @@
+"""The tensor minibatch loader gathers exactly the requested rows."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cellvi.data.loader import MinibatchLoader, TensorData, train_validation_split
+
+
+def _registered(X):
+    n = X.shape[0]
+    rng = np.random.default_rng(0)
+    return SimpleNamespace(
+        X=X,
+        batch=rng.integers(0, 3, n),
+        labels=np.zeros(n, dtype=np.int64),
+        cat_covs=np.zeros((n, 0), dtype=np.int64),
+        cont_covs=rng.normal(size=(n, 2)).astype(np.float32),
+        size_factor=None,
+    )
+
+
+@pytest.fixture
+def counts():
+    rng = np.random.default_rng(1)
+    X = rng.poisson(0.3, size=(50, 20)).astype(np.float32)
+    X[3] = 0  # an empty row in the CSR
+    return X
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+def test_gather_matches_rows(counts, fmt):
+    X = counts if fmt == "dense" else getattr(sp, f"{fmt}_matrix")(counts)
+    data = TensorData.from_registered(_registered(X))
+    rows = torch.tensor([7, 3, 0, 49, 3])
+    mb = data.gather(rows)
+    np.testing.assert_array_equal(mb["x"].numpy(), counts[rows.numpy()])
+    expected_fact = torch.lgamma(torch.from_numpy(counts[rows.numpy()]) + 1).sum(1)
+    torch.testing.assert_close(mb["log_x_factorial"], expected_fact)
+    if fmt != "dense":
+        nz = torch.nonzero(mb["x"], as_tuple=True)
+        torch.testing.assert_close(mb["nz_rows"], nz[0])
+        torch.testing.assert_close(mb["nz_cols"], nz[1])
+
+
+def test_csr_is_shared_not_copied(counts):
+    X = sp.csr_matrix(counts)
+    data = TensorData.from_registered(_registered(X))
+    assert data.values.data_ptr() == X.data.ctypes.data
+    assert data.indices.data_ptr() == X.indices.ctypes.data
+
+
+def test_epoch_covers_every_cell_once_and_small_last_batch_merged(counts):
+    data = TensorData.from_registered(_registered(sp.csr_matrix(counts)))
+    loader = MinibatchLoader(
+        data, np.arange(50), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    sizes = [mb["x"].shape[0] for mb in loader]
+    assert sizes == [16, 16, 18]  # 50 = 16 + 16 + 16 + 2: the 2-cell tail joins the last batch
+    assert len(loader) == 3
+
+
+def test_shuffle_is_seeded(counts):
+    data = TensorData.from_registered(_registered(counts))
+
+    def first_batch(seed):
+        loader = MinibatchLoader(
+            data,
+            np.arange(50),
+            batch_size=10,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return next(iter(loader))["x"]
+
+    torch.testing.assert_close(first_batch(3), first_batch(3))
+    assert not torch.equal(first_batch(3), first_batch(4))
+
+
+def test_split_is_seeded_and_disjoint():
+    a_train, a_val = train_validation_split(100, 0.9, torch.Generator().manual_seed(0))
+    _, b_val = train_validation_split(100, 0.9, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(a_val, b_val)
+    assert len(a_val) == 10 and len(a_train) == 90
+    assert not set(a_train) & set(a_val)
+    with pytest.raises(ValueError, match="train_size"):
+        train_validation_split(100, 1.5, torch.Generator())
