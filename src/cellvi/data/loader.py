@@ -67,26 +67,28 @@ class TensorData:
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The minibatch of the given cell indices, as a dict of tensors."""
         out = {
-            "batch": self.batch[rows],
-            "labels": self.labels[rows],
-            "cat_covs": self.cat_covs[rows],
-            "cont_covs": self.cont_covs[rows],
-            "log_x_factorial": self.log_x_factorial[rows],
+            "batch": self.batch.index_select(0, rows),
+            "labels": self.labels.index_select(0, rows),
+            "cat_covs": self.cat_covs.index_select(0, rows),
+            "cont_covs": self.cont_covs.index_select(0, rows),
+            "log_x_factorial": self.log_x_factorial.index_select(0, rows),
         }
         if self.size_factor is not None:
-            out["size_factor"] = self.size_factor[rows]
+            out["size_factor"] = self.size_factor.index_select(0, rows)
         if self.dense is not None:
-            out["x"] = self.dense[rows]
+            out["x"] = self.dense.index_select(0, rows)
             return out
-        starts = self.indptr[rows].long()
-        counts = self.indptr[rows + 1].long() - starts
+        starts = self.indptr.index_select(0, rows).long()
+        counts = self.indptr.index_select(0, rows + 1).long() - starts
         local_rows = torch.repeat_interleave(torch.arange(len(rows)), counts)
-        offsets = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(int(counts.sum())) - offsets[local_rows] + starts[local_rows]
-        cols = self.indices[pos].long()
-        x = torch.zeros(len(rows), self.n_vars, dtype=torch.float32)
-        x[local_rows, cols] = self.values[pos]
-        out.update(x=x, nz_rows=local_rows, nz_cols=cols)
+        # position in the CSR arrays of the k-th gathered entry: k - (entries before its row
+        # in the batch) + (start of its row in the CSR)
+        shift = (starts - (torch.cumsum(counts, 0) - counts)).index_select(0, local_rows)
+        pos = torch.arange(len(local_rows)).add_(shift)
+        cols = self.indices.index_select(0, pos).long()
+        x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32)
+        x.index_copy_(0, local_rows * self.n_vars + cols, self.values.index_select(0, pos))
+        out.update(x=x.view(len(rows), self.n_vars), nz_rows=local_rows, nz_cols=cols)
         return out
 
 

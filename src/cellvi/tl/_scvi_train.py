@@ -172,6 +172,7 @@ def scvi_train(
         weight_decay=weight_decay,
         n_epochs_kl_warmup=int(warmup),
         reduce_lr_on_plateau=reduce_lr_on_plateau,
+        gradient_clip_val=gradient_clip_val,
     )
     fit(
         plan,
@@ -184,7 +185,6 @@ def scvi_train(
         early_stopping=early_stopping,
         early_stopping_patience=early_stopping_patience,
         check_val_every_n_epoch=check_val_every_n_epoch,
-        gradient_clip_val=gradient_clip_val,
         accelerator=accelerator,
         devices=devices,
         progress_bar=settings.progress_bar,

@@ -47,7 +47,6 @@ def fit(
     early_stopping: bool = False,
     early_stopping_patience: int = 45,
     check_val_every_n_epoch: int | None = None,
-    gradient_clip_val: float | None = None,
     accelerator: str = "auto",
     devices: int | str = "auto",
     progress_bar: bool = True,
@@ -92,7 +91,6 @@ def fit(
         num_sanity_val_steps=0,
         check_val_every_n_epoch=every or 1,
         limit_val_batches=1.0 if val is not None else 0,
-        gradient_clip_val=gradient_clip_val,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
