@@ -162,7 +162,10 @@ def train_validation_split(
     if not 0.0 < train_size <= 1.0:
         raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
     n_val = int(round((1.0 - train_size) * n_cells))
-    if n_val >= n_cells:
-        raise ValueError(f"train_size={train_size} leaves no training cells out of {n_cells}.")
+    if n_cells - n_val < MIN_BATCH_CELLS:
+        raise ValueError(
+            f"train_size={train_size} leaves {n_cells - n_val} training cell(s) out of "
+            f"{n_cells}; at least {MIN_BATCH_CELLS} are needed: raise train_size (default 0.9)."
+        )
     perm = torch.randperm(n_cells, generator=generator).numpy()
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])

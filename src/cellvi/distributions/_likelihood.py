@@ -8,18 +8,20 @@ same numbers summed per cell, fast, and four facts make that cheap:
 - ``lgamma(x + theta) - lgamma(theta)`` and ``x * log(mu)`` vanish where ``x == 0``: they are
   evaluated on the non-zero entries only (the loader gives their coordinates).
 - With one dispersion per gene, ``lgamma(theta)`` and ``digamma(theta)`` are per-gene terms.
-- The gradient is written by hand (:class:`_NegBinomialLogLik`), so a training step makes about
-  a third of the full-size passes over the ``cells x genes`` matrix that autograd would.
+- The gradient, including that of the softmax that turns decoder logits into means, is written
+  by hand (:class:`_NegBinomialLogLik`): a training step makes about half as many full passes
+  over the ``cells x genes`` matrix as autograd would.
 
-With ``t = log NB(0 | mu, theta) = theta (log theta - log(theta + mu))``, for ``x > 0``
-``log NB(x) = t + lgamma(x + theta) - lgamma(theta) - log x! + x (log mu - log(theta + mu))``,
-and with zero-inflation logits ``rho``: ``log p(0) = softplus(t - rho) - softplus(-rho)``,
-``log p(x > 0) = log NB(x) - softplus(rho)``. The zero case is summed over every entry and
-corrected at the non-zero ones. Gradients are checked against autograd in the tests.
+The mean is ``mu = softmax(logits) * exp(log_library)``. With ``D = log theta - log(theta +
+mu)`` and ``t = theta * D = log NB(0)``, for ``x > 0``: ``log NB(x) = t + lgamma(x + theta)
+- lgamma(theta) - log x! + x (log mu - log(theta + mu))``; with zero-inflation logits
+``rho``: ``log p(0) = softplus(t - rho) - softplus(-rho)`` and ``log p(x > 0) = log NB(x) -
+softplus(rho)``. The zero case is summed over every entry and corrected at the non-zero ones.
+Values and gradients are checked against the distribution classes and autograd in the tests.
 
 Every function returns the full normalised log-likelihood per cell, shape ``(n_cells,)``.
-``log_mu`` is ``log`` of the NB/Poisson mean; ``theta`` is the inverse dispersion, per gene
-``(n_genes,)`` or per entry ``(n_cells, n_genes)``.
+``theta`` is the inverse dispersion, per gene ``(n_genes,)`` or per entry ``(n_cells,
+n_genes)``.
 """
 
 from __future__ import annotations
@@ -45,98 +47,147 @@ def _take(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).index_select(0, flat)
 
 
+def digamma_positive(z: torch.Tensor) -> torch.Tensor:
+    """``digamma(z)`` for ``z > 0``: six recurrence steps, then the asymptotic series.
+
+    Accurate to about 1e-11 (relative) and, on a CPU, several times faster than
+    ``torch.digamma``, which matters because it runs on every non-zero count at every step.
+    """
+    acc = z.reciprocal()
+    for k in range(1, 6):
+        acc = acc + (z + k).reciprocal()
+    w = z + 6.0
+    w2 = (w * w).reciprocal()
+    series = w2 * (1 / 12 - w2 * (1 / 120 - w2 * (1 / 252 - w2 * (1 / 240 - w2 / 132))))
+    return torch.log(w) - 0.5 / w - series - acc
+
+
 class _NegBinomialLogLik(torch.autograd.Function):
-    """Per-cell (zero-inflated) NB log-likelihood with a hand-written backward pass."""
+    """Per-cell (zero-inflated) NB log-likelihood from decoder logits; hand-written backward."""
 
     @staticmethod
-    def forward(ctx, log_mu, theta, rho, rows, cols, flat, x_nz, log_x_factorial):
+    def forward(ctx, logits, log_library, theta, rho, rows, cols, flat, x_nz, log_x_factorial):
         per_gene = theta.dim() == 1
+        offset = log_library - torch.logsumexp(logits, -1)
+        mu = (logits + offset.unsqueeze(-1)).exp_()
         theta_e = theta + _EPS
-        L = torch.exp(log_mu).add_(theta_e).log_()  # log(theta + mu)
-        t = (torch.log(theta_e) - L).mul_(theta)  # log NB(0)
-        a = None
+        den = mu + theta_e
+        q = mu / den  # mu / (theta + mu)
+        D = torch.log(theta_e) - den.log_()  # log theta - log(theta + mu)
+        t = D * theta  # log NB(0)
+        a = neg_rho = None
         if rho is None:
             out = t.sum(-1)
         else:
-            a = t - rho
-            out = F.softplus(a).sum(-1) - F.softplus(-rho).sum(-1)
-        log_mu_nz, L_nz = _take(log_mu, flat), _take(L, flat)
+            a, neg_rho = t - rho, rho.neg()
+            out = F.softplus(a).sum(-1) - F.softplus(neg_rho).sum(-1)
+        # the non-zero entries
+        log_mu_nz = _take(logits, flat) + offset.index_select(0, rows)
+        D_nz = _take(D, flat)
         if per_gene:
             theta_nz = theta.index_select(0, cols)
             lgamma_theta_nz = torch.lgamma(theta).index_select(0, cols)
         else:
             theta_nz = _take(theta, flat)
             lgamma_theta_nz = torch.lgamma(theta_nz)
-        nz = torch.lgamma(x_nz + theta_nz) - lgamma_theta_nz + x_nz * (log_mu_nz - L_nz)
-        rho_nz = t_nz = None
+        log_theta_mu_nz = torch.log(theta_nz + _EPS) - D_nz
+        nz = torch.lgamma(x_nz + theta_nz) - lgamma_theta_nz + x_nz * (log_mu_nz - log_theta_mu_nz)
+        rho_nz = None
         if rho is not None:
-            rho_nz, t_nz = _take(rho, flat), _take(t, flat)
+            rho_nz, t_nz = _take(rho, flat), theta_nz * D_nz
             nz = nz + t_nz - torch.logaddexp(rho_nz, t_nz)
         out = out.index_add_(0, rows, nz) - log_x_factorial
         ctx.save_for_backward(
-            log_mu, theta, rho, L, a, rows, cols, flat, x_nz, log_mu_nz, L_nz, theta_nz,
-            rho_nz, t_nz,
+            mu,
+            q,
+            D,
+            a,
+            neg_rho,
+            theta,
+            log_library,
+            rows,
+            cols,
+            flat,
+            x_nz,
+            D_nz,
+            theta_nz,
+            rho_nz,
         )
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        (log_mu, theta, rho, L, a, rows, cols, flat, x_nz, log_mu_nz, L_nz, theta_nz, rho_nz,
-         t_nz) = ctx.saved_tensors  # fmt: skip
-        per_gene = theta.dim() == 1
+        (mu, q, D, a, neg_rho, theta, log_library, rows, cols, flat, x_nz, D_nz, theta_nz,
+         rho_nz) = ctx.saved_tensors  # fmt: skip
+        per_gene, zero_inflated = theta.dim() == 1, a is not None
         g = grad.unsqueeze(-1)
-        q = torch.exp(log_mu - L)  # mu / (theta + mu)
         g_rho = None
-        if rho is None:
-            g_t = g.expand_as(log_mu)
+        if zero_inflated:
+            g_t = torch.sigmoid(a).mul_(g)
+            g_rho = torch.sigmoid(neg_rho).mul_(g).sub_(g_t)
         else:
-            s_a = torch.sigmoid(a)
-            g_rho = (torch.sigmoid(-rho) - s_a).mul_(g)
-            g_t = s_a.mul_(g)
-        # d t / d log_mu = -theta q ;  d t / d theta = log theta - log(theta + mu) + q
-        g_log_mu = (g_t * theta).mul_(q).neg_()
-        g_theta = g_t * (torch.log(theta + _EPS) - L).add_(q)
+            g_t = g.expand_as(mu)
+        # d t / d log_mu = -theta q ;  d t / d theta = D + q
+        g_log_mu = (g_t * q).mul_(-theta)
+        g_theta = (D + q).mul_(g_t)
         if per_gene:
             g_theta = g_theta.sum(0)
         # the non-zero entries
         grad_nz = grad.index_select(0, rows)
-        q_nz = torch.exp(log_mu_nz - L_nz)
-        dig = torch.digamma(theta).index_select(0, cols) if per_gene else torch.digamma(theta_nz)
+        q_nz = _take(q, flat)
+        dig = (
+            digamma_positive(theta).index_select(0, cols)
+            if per_gene
+            else digamma_positive(theta_nz)
+        )
         g_mu_nz = x_nz * (1.0 - q_nz)
-        g_theta_nz = torch.digamma(x_nz + theta_nz) - dig - x_nz * torch.exp(-L_nz)
-        if rho is not None:
-            w = torch.sigmoid(rho_nz - t_nz)  # d/dt of (t - logaddexp(rho, t))
+        # x / (theta + mu) = x (1 - q) / theta
+        g_theta_nz = digamma_positive(x_nz + theta_nz) - dig - g_mu_nz / theta_nz
+        if zero_inflated:
+            w = torch.sigmoid(rho_nz - theta_nz * D_nz)  # d/dt of (t - logaddexp(rho, t))
             g_mu_nz = g_mu_nz - w * theta_nz * q_nz
-            g_theta_nz = g_theta_nz + w * (torch.log(theta_nz + _EPS) - L_nz + q_nz)
-            g_rho.reshape(-1).index_add_(0, flat, -w * grad_nz)
-        g_log_mu.reshape(-1).index_add_(0, flat, g_mu_nz * grad_nz)
+            g_theta_nz = g_theta_nz + w * (D_nz + q_nz)
+            g_rho.reshape(-1).index_add_(0, flat, (-w).mul_(grad_nz))
+        g_log_mu.reshape(-1).index_add_(0, flat, g_mu_nz.mul_(grad_nz))
         if per_gene:
-            g_theta.index_add_(0, cols, g_theta_nz * grad_nz)
+            g_theta.index_add_(0, cols, g_theta_nz.mul_(grad_nz))
         else:
-            g_theta = g_theta.contiguous()
-            g_theta.reshape(-1).index_add_(0, flat, g_theta_nz * grad_nz)
-        return g_log_mu, g_theta, g_rho, None, None, None, None, None
+            g_theta.reshape(-1).index_add_(0, flat, g_theta_nz.mul_(grad_nz))
+        # through log_mu = logits - logsumexp(logits) + log_library
+        s = g_log_mu.sum(-1)
+        g_log_library = s if ctx.needs_input_grad[1] else None
+        g_logits = g_log_mu.addcmul_(mu, (-s * torch.exp(-log_library)).unsqueeze(-1))
+        return g_logits, g_log_library, g_theta, g_rho, None, None, None, None, None
+
+
+def _check_theta(theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if theta.dim() == 2 and theta.shape != logits.shape:
+        theta = theta.expand_as(logits)
+    return theta.contiguous() if theta.dim() == 2 else theta
 
 
 def nb_log_likelihood(
     x: torch.Tensor,
-    log_mu: torch.Tensor,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
     theta: torch.Tensor,
     *,
     log_x_factorial: torch.Tensor,
     nz_rows: torch.Tensor | None = None,
     nz_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Negative binomial log-likelihood summed over genes, per cell."""
+    """NB log-likelihood per cell with ``mu = softmax(logits) * exp(log_library)``."""
     nz = _NonZero(x, nz_rows, nz_cols)
+    theta = _check_theta(theta, logits)
     return _NegBinomialLogLik.apply(
-        log_mu, theta, None, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
+        logits, log_library, theta, None, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
     )
 
 
 def zinb_log_likelihood(
     x: torch.Tensor,
-    log_mu: torch.Tensor,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
     theta: torch.Tensor,
     zi_logits: torch.Tensor,
     *,
@@ -144,24 +195,28 @@ def zinb_log_likelihood(
     nz_rows: torch.Tensor | None = None,
     nz_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Zero-inflated NB log-likelihood summed over genes, per cell."""
+    """Zero-inflated NB log-likelihood per cell, ``mu = softmax(logits) * exp(log_library)``."""
     nz = _NonZero(x, nz_rows, nz_cols)
+    theta = _check_theta(theta, logits)
     return _NegBinomialLogLik.apply(
-        log_mu, theta, zi_logits, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
+        logits, log_library, theta, zi_logits, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
     )
 
 
 def poisson_log_likelihood(
     x: torch.Tensor,
-    log_mu: torch.Tensor,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
     *,
     log_x_factorial: torch.Tensor,
     nz_rows: torch.Tensor | None = None,
     nz_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Poisson log-likelihood summed over genes, per cell."""
+    """Poisson log-likelihood per cell with ``mu = softmax(logits) * exp(log_library)``.
+
+    ``sum_g mu_g = exp(log_library)``, so the dense term needs no pass over the matrix.
+    """
     nz = _NonZero(x, nz_rows, nz_cols)
-    log_mu_nz = _take(log_mu, nz.flat)
-    per_cell = torch.zeros_like(log_x_factorial, dtype=log_mu.dtype)
-    per_cell = per_cell.index_add(0, nz.rows, nz.x * log_mu_nz)
-    return per_cell - torch.exp(log_mu).sum(-1) - log_x_factorial
+    log_mu_nz = _take(torch.log_softmax(logits, -1), nz.flat) + log_library.index_select(0, nz.rows)
+    per_cell = torch.zeros_like(log_library).index_add(0, nz.rows, nz.x * log_mu_nz)
+    return per_cell - torch.exp(log_library) - log_x_factorial

@@ -143,7 +143,13 @@ def decode(payload: Mapping[str, Any], key: str) -> torch.nn.Module:
     """Rebuild the trained module from a payload, with bit-identical weights."""
     check_payload(payload, key)
     codec = _CODECS[str(payload["model"])]
-    module = codec.build(to_builtin({k: v for k, v in payload.items() if k != "weights"}))
+    try:
+        module = codec.build(to_builtin({k: v for k, v in payload.items() if k != "weights"}))
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(
+            f"The model in `.uns[{key!r}]` cannot be rebuilt from its params, registry and "
+            f"var_names ({type(err).__name__}: {err}); the payload is corrupted or was modified."
+        ) from err
     try:
         state = array_to_state_dict(payload["weights"])
         module.load_state_dict(state)

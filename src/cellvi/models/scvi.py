@@ -99,6 +99,17 @@ class SCVIModule(nn.Module):
         use_layer_norm: str = "none",
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("n_input", n_input),
+            ("n_hidden", n_hidden),
+            ("n_latent", n_latent),
+            ("n_layers", n_layers),
+            ("batch_embedding_dim", batch_embedding_dim),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
         _check_option("dispersion", dispersion, DISPERSIONS)
         _check_option("gene_likelihood", gene_likelihood, GENE_LIKELIHOODS)
         _check_option("latent_distribution", latent_distribution, LATENT_DISTRIBUTIONS)
@@ -189,9 +200,14 @@ class SCVIModule(nn.Module):
         size_factor: torch.Tensor | None = None,
         *,
         deterministic: bool = False,
+        nz: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``q(z | x)`` parameters, a latent sample (or the mean) and the log library size."""
-        x_in = torch.log1p(x)
+        """``q(z | x)`` parameters, a latent sample (or the mean) and the log library size.
+
+        ``nz``, the coordinates of the non-zero counts when known, lets ``log1p`` and the
+        library size touch only those entries.
+        """
+        x_in, total = _log1p_and_totals(x, nz)
         cats, cont = self._covariates(batch, cat_covs, cont_covs)
         enc_cats, enc_cont = (cats, cont) if self.encode_covariates else ([], None)
         qz_m, qz_v = self.z_encoder(x_in, enc_cats, enc_cont)
@@ -200,7 +216,7 @@ class SCVIModule(nn.Module):
             z = F.softmax(z, dim=-1)
         out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
         if self.l_encoder is None:
-            total = size_factor if size_factor is not None else x.sum(-1)
+            total = size_factor if size_factor is not None else total
             # zero-count cells get library 1 (log 0): finite, and they only ever see zeros
             out["log_library"] = torch.log(total.clamp(min=1.0) if size_factor is None else total)
         else:
@@ -220,7 +236,8 @@ class SCVIModule(nn.Module):
         cat_covs: torch.Tensor,
         cont_covs: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """Parameters of ``p(x | z, l)``: ``log_mu``, ``log_scale``, ``theta`` and ``zi_logits``."""
+        """Parameters of ``p(x | z, l)``: ``scale_logits`` (``mu = softmax(scale_logits) *
+        exp(log_library)``), ``log_library``, ``theta`` and, for ZINB, ``zi_logits``."""
         cats, cont = self._covariates(batch, cat_covs, cont_covs)
         out = self.decoder(z, log_library, cats, cont)
         if self.dispersion == "gene-cell":
@@ -239,15 +256,21 @@ class SCVIModule(nn.Module):
             "nz_rows": mb.get("nz_rows"),
             "nz_cols": mb.get("nz_cols"),
         }
+        logits, log_lib = gen["scale_logits"], gen["log_library"]
         if self.gene_likelihood == "zinb":
-            return zinb_log_likelihood(x, gen["log_mu"], gen["theta"], gen["zi_logits"], **extra)
+            return zinb_log_likelihood(x, logits, log_lib, gen["theta"], gen["zi_logits"], **extra)
         if self.gene_likelihood == "nb":
-            return nb_log_likelihood(x, gen["log_mu"], gen["theta"], **extra)
-        return poisson_log_likelihood(x, gen["log_mu"], **extra)
+            return nb_log_likelihood(x, logits, log_lib, gen["theta"], **extra)
+        return poisson_log_likelihood(x, logits, log_lib, **extra)
+
+    @staticmethod
+    def log_scale(gen: dict) -> torch.Tensor:
+        """Log of the expression proportions (each cell's sum to 1 over genes)."""
+        return torch.log_softmax(gen["scale_logits"], dim=-1)
 
     def count_distribution(self, gen: dict) -> torch.distributions.Distribution:
         """``p(x | z, l)`` as a distribution object, for sampling and criticism."""
-        mu = torch.exp(gen["log_mu"])
+        mu = torch.exp(self.log_scale(gen) + gen["log_library"].unsqueeze(-1))
         if self.gene_likelihood == "poisson":
             return Poisson(mu)
         theta = gen["theta"].expand_as(mu)
@@ -258,8 +281,9 @@ class SCVIModule(nn.Module):
     # -- loss ---------------------------------------------------------------------------------
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossTerms:
         """Negative ELBO of a minibatch, with the KL of ``z`` scaled by ``kl_weight``."""
+        nz = (mb["nz_rows"], mb["nz_cols"]) if "nz_rows" in mb else None
         inf = self.inference(
-            mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor")
+            mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"), nz=nz
         )
         gen = self.generative(
             inf["z"],
@@ -278,6 +302,18 @@ class SCVIModule(nn.Module):
             kl_library = _kl_normal(inf["ql_m"], inf["ql_v"], prior_m, prior_v)
         loss = (reconstruction + kl_weight * kl_z + kl_library).mean()
         return LossTerms(loss, reconstruction, kl_z, kl_library)
+
+
+def _log1p_and_totals(x: torch.Tensor, nz) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log1p(x)`` and the per-cell totals, from the non-zero entries alone when known."""
+    if nz is None:
+        return torch.log1p(x), x.sum(-1)
+    rows, cols = nz
+    flat = rows * x.shape[1] + cols
+    values = x.reshape(-1).index_select(0, flat)
+    x_in = torch.zeros_like(x).reshape(-1).index_copy_(0, flat, torch.log1p(values))
+    totals = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, rows, values)
+    return x_in.view_as(x), totals
 
 
 def _kl_standard_normal(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

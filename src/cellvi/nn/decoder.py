@@ -66,11 +66,9 @@ class CountDecoder(nn.Module):
         cats: Sequence[torch.Tensor] = (),
         cont: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``log_mu`` (log of the mean counts), ``log_scale`` and the optional heads."""
+        """Expression logits (``softmax`` gives proportions), the library and optional heads."""
         h = self.body(z, cats, cont)
-        logits = self.scale_logits(h)
-        log_scale = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-        out = {"log_scale": log_scale, "log_mu": log_scale + log_library.unsqueeze(-1)}
+        out = {"scale_logits": self.scale_logits(h), "log_library": log_library}
         if self.zi_logits is not None:
             out["zi_logits"] = self.zi_logits(h)
         if self.log_theta is not None:

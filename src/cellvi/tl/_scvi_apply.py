@@ -56,6 +56,8 @@ def _batch_codes(model, transform_batch: str | Sequence[str] | None) -> list[int
     if transform_batch is None:
         return None
     names = [transform_batch] if isinstance(transform_batch, str) else list(transform_batch)
+    if not names:
+        raise ValueError("transform_batch is empty; pass a batch name, a list of them, or None.")
     known = [str(c) for c in model.registry["batch_categories"]]
     unknown = [n for n in names if str(n) not in known]
     if unknown:
@@ -91,7 +93,7 @@ def _normalized(module, mb, codes, library_size, n_samples) -> torch.Tensor:
                 if library_size == "latent"
                 else (torch.log(torch.as_tensor(float(library_size))))
             )
-            total += torch.exp(gen["log_scale"] + log_lib)
+            total += torch.exp(module.log_scale(gen) + log_lib)
     return total / (n_samples * len(codes or [None]))
 
 
@@ -137,8 +139,14 @@ def scvi_normalize(
     """
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
-    if isinstance(library_size, str) and library_size != "latent":
-        raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}.")
+    if isinstance(library_size, str):
+        if library_size != "latent":
+            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}.")
+    elif not (np.isfinite(library_size) and library_size > 0):
+        raise ValueError(
+            f"library_size must be a positive number (counts per cell, e.g. 1e4) or 'latent', "
+            f"got {library_size!r}."
+        )
     model = load_model(adata, key)
     codes = _batch_codes(model, transform_batch)
     data = model_data(adata, model)

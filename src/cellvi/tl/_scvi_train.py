@@ -25,7 +25,14 @@ from ._evaluate import evaluate_module
 logger = logging.getLogger("cellvi")
 
 
-def _check_training_args(max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup) -> None:
+def _check_training_args(
+    max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup, needs_validation
+) -> None:
+    if needs_validation and train_size >= 1.0:
+        raise ValueError(
+            "early_stopping and reduce_lr_on_plateau watch the validation ELBO, but "
+            "train_size=1.0 leaves no validation cells: use train_size < 1 (default 0.9)."
+        )
     if max_epochs is not None and int(max_epochs) < 1:
         raise ValueError(
             f"max_epochs must be a positive integer (or None for the default "
@@ -148,7 +155,14 @@ def scvi_train(
     """
     params = {k: v for k, v in locals().items() if k not in ("adata", "copy")}
     start = time.perf_counter()
-    _check_training_args(max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup)
+    _check_training_args(
+        max_epochs,
+        batch_size,
+        lr,
+        train_size,
+        n_epochs_kl_warmup,
+        early_stopping or reduce_lr_on_plateau,
+    )
     registry = get_registry(adata)
     seed = settings.seed if seed is None else int(seed)
     generator = seed_everything(seed)

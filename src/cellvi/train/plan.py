@@ -102,8 +102,9 @@ class TrainingPlan(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(terms.loss)
         if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
-                                gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
         optimizer.step()
         self._accumulate("train", terms)
 
@@ -168,10 +169,12 @@ class TrainingPlan(pl.LightningModule):
         if not self.reduce_lr_on_plateau:
             return optimizer
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=self.lr_factor, patience=self.lr_patience,
-            min_lr=0.0, threshold=0.0,
+            optimizer,
+            mode="max",
+            factor=self.lr_factor,
+            patience=self.lr_patience,
+            min_lr=0.0,
+            threshold=0.0,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "elbo_validation"},
-        }
+        # stepped by hand in on_validation_epoch_end (manual optimisation)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -94,6 +94,7 @@ def fit(
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+        warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_data.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
         trainer.fit(plan, train_dataloaders=train, val_dataloaders=val)
     return plan

@@ -20,6 +20,10 @@ def versions() -> dict[str, str]:
     """Versions of the packages that determine a model's numerics."""
     names = ["cellvi", "torch", "lightning", "anndata", "scanpy", "numpy", "scipy"]
     out = {name: package_version(name) for name in names}
+    if out["cellvi"] == "unknown":  # a source tree that was not pip-installed
+        from .. import __version__
+
+        out["cellvi"] = __version__
     out["python"] = platform.python_version()
     return out
 

@@ -1,0 +1,5 @@
+"""Plotting (scanpy-style ``cv.pl``): figures only; computations live elsewhere."""
+
+from ._history import training_history
+
+__all__ = ["training_history"]
