@@ -30,8 +30,8 @@ def _check_training_args(
 ) -> None:
     if needs_validation and train_size >= 1.0:
         raise ValueError(
-            "early_stopping and reduce_lr_on_plateau watch the validation ELBO, but "
-            "train_size=1.0 leaves no validation cells: use train_size < 1 (default 0.9)."
+            "early_stopping and reduce_lr_on_plateau need validation cells to watch the validation "
+            "ELBO, but train_size=1.0 leaves none: use train_size < 1 (default 0.9)."
         )
     if max_epochs is not None and int(max_epochs) < 1:
         raise ValueError(
