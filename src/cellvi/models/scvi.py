@@ -210,7 +210,7 @@ class SCVIModule(nn.Module):
         x_in, total = _log1p_and_totals(x, nz)
         cats, cont = self._covariates(batch, cat_covs, cont_covs)
         enc_cats, enc_cont = (cats, cont) if self.encode_covariates else ([], None)
-        qz_m, qz_v = self.z_encoder(x_in, enc_cats, enc_cont)
+        qz_m, qz_v = (t.float() for t in self.z_encoder(x_in, enc_cats, enc_cont))
         z = qz_m if deterministic else qz_m + qz_v.sqrt() * torch.randn_like(qz_m)
         if self.latent_distribution == "ln":
             z = F.softmax(z, dim=-1)
@@ -220,7 +220,7 @@ class SCVIModule(nn.Module):
             # zero-count cells get library 1 (log 0): finite, and they only ever see zeros
             out["log_library"] = torch.log(total.clamp(min=1.0) if size_factor is None else total)
         else:
-            ql_m, ql_v = self.l_encoder(x_in, enc_cats, enc_cont)
+            ql_m, ql_v = (t.float() for t in self.l_encoder(x_in, enc_cats, enc_cont))
             ql_m, ql_v = ql_m.squeeze(-1), ql_v.squeeze(-1)
             log_l = ql_m if deterministic else ql_m + ql_v.sqrt() * torch.randn_like(ql_m)
             out.update(ql_m=ql_m, ql_v=ql_v, log_library=log_l)
@@ -256,7 +256,9 @@ class SCVIModule(nn.Module):
             "nz_rows": mb.get("nz_rows"),
             "nz_cols": mb.get("nz_cols"),
         }
-        logits, log_lib = gen["scale_logits"], gen["log_library"]
+        # under mixed precision the decoder's outputs may be bfloat16: the likelihood is float32
+        logits, log_lib = gen["scale_logits"].float(), gen["log_library"].float()
+        gen = {k: v.float() for k, v in gen.items()}
         if self.gene_likelihood == "zinb":
             return zinb_log_likelihood(x, logits, log_lib, gen["theta"], gen["zi_logits"], **extra)
         if self.gene_likelihood == "nb":

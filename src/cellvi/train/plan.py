@@ -161,8 +161,9 @@ class TrainingPlan(pl.LightningModule):
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.module.parameters() if p.requires_grad]
-        # the fused kernel updates all parameters in one pass: several times cheaper per step
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        # the fused kernel updates all parameters in one pass: several times cheaper per step;
+        # Lightning clips gradients only for unfused optimisers (mixed precision unscaling)
+        fused = not self.gradient_clip_val and all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.Adam(
             params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
         )
