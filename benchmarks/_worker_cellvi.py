@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--n-layers", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto")
     args = p.parse_args()
 
     import torch
@@ -72,6 +73,7 @@ def main() -> None:
         train_size=1.0,
         seed=args.seed,
         accelerator="cpu",
+        precision=args.precision,
     )
     train_seconds = time.perf_counter() - t0
 
@@ -93,6 +95,7 @@ def main() -> None:
         "heldout_reconstruction_error": float(res["reconstruction_error"]),
         "heldout_kl": float(res["kl"]),
         "torch_threads": torch.get_num_threads(),
+        "precision": str(train.uns["scvi"]["params"]["precision"]),
         "phase_seconds": {
             "import": t_imported - _T_START,
             "load_and_setup": t_ready - t_imported,

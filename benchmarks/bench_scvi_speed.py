@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of subsample, split and training")
     p.add_argument(
+        "--cellvi-precision",
+        default="auto",
+        help="cellvi's precision argument (default 'auto'; '32-true' for float32 throughout); "
+        "scvi-tools always runs at its default (float32)",
+    )
+    p.add_argument(
         "--order",
         default="scvi,cellvi",
         help="comma-separated tools to run, in this order (scvi, cellvi)",
@@ -327,6 +333,8 @@ def run_worker(tool: str, args: argparse.Namespace, workdir: Path, run_id: int) 
         "--seed",
         str(args.seed),
     ]
+    if tool == "cellvi":
+        cmd += ["--precision", args.cellvi_precision]
     env = dict(os.environ)
     threads = str(args.threads)
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
