@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata
 import io
 import platform
+import warnings
 
 
 def package_version(name: str) -> str:
@@ -35,6 +36,11 @@ def session_report() -> str:
     except ImportError:
         return ""
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.suppress(Exception):
-        session_info.show(html=False, dependencies=False, write_req_file=False)
+    with (
+        contextlib.redirect_stdout(buffer),
+        contextlib.suppress(Exception),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        session_info.show(html=False, dependencies=True, write_req_file=False)
     return buffer.getvalue()
