@@ -22,11 +22,16 @@ class CellviSettings:
         Whether training shows a progress bar.
     verbosity
         0 = errors, 1 = warnings, 2 = info (default), 3 = debug.
+    device
+        Where trained models run for embedding, evaluation and normalisation: ``"auto"`` (a
+        GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Training
+        uses the ``accelerator`` argument of the training functions instead.
     """
 
     def __init__(self) -> None:
         self.seed = 0
         self.progress_bar = True
+        self._device = "auto"
         self._n_threads: int | None = None
         self._verbosity = 2
         self._apply_verbosity()
@@ -42,6 +47,17 @@ class CellviSettings:
                 raise ValueError(f"n_threads must be a positive integer or None, got {value!r}.")
             torch.set_num_threads(int(value))
         self._n_threads = None if value is None else int(value)
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        value = str(value)
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}.")
+        self._device = value
 
     @property
     def verbosity(self) -> int:
@@ -66,7 +82,8 @@ class CellviSettings:
     def __repr__(self) -> str:
         return (
             f"CellviSettings(seed={self.seed}, n_threads={self.n_threads}, "
-            f"progress_bar={self.progress_bar}, verbosity={self.verbosity})"
+            f"progress_bar={self.progress_bar}, verbosity={self.verbosity}, "
+            f"device={self.device!r})"
         )
 
 

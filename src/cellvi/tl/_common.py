@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from .._settings import settings
 from ..data.loader import MinibatchLoader, TensorData
 from ..data.registry import extract_registered_data
 from ..lifecycle.payload import decode, to_builtin
@@ -64,7 +65,9 @@ def model_data(adata: AnnData, model: LoadedModel) -> TensorData:
 
 
 def inference_device(module: torch.nn.Module) -> torch.device:
-    """Where to run a trained model: the GPU when there is one, else the CPU."""
+    """Where to run a trained model: ``cv.settings.device`` (``"auto"``: a GPU when present)."""
+    if settings.device != "auto":
+        return torch.device(settings.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
