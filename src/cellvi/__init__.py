@@ -7,7 +7,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, pl, pp, tl
+from . import datasets, hub, pl, pp, tl
 from ._settings import settings
 from .models import scvi_codec  # noqa: F401  (makes scVI models storable in .uns)
 
@@ -16,4 +16,4 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
 
-__all__ = ["datasets", "pl", "pp", "settings", "tl"]
+__all__ = ["datasets", "hub", "pl", "pp", "settings", "tl"]
