@@ -64,8 +64,13 @@ class TensorData:
             fields["log_x_factorial"] = torch.lgamma(dense + 1.0).sum(1)
         return cls(**fields)
 
-    def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The minibatch of the given cell indices, as a dict of tensors."""
+    def gather(self, rows: torch.Tensor, *, dense_x: bool = True) -> dict[str, torch.Tensor]:
+        """The minibatch of the given cell indices, as a dict of tensors.
+
+        From sparse data the non-zero entries come as ``nz_rows``, ``nz_cols`` and
+        ``nz_values``; the dense ``x`` is built only when ``dense_x`` (training needs only the
+        non-zeros).
+        """
         out = {
             "batch": self.batch.index_select(0, rows),
             "labels": self.labels.index_select(0, rows),
@@ -86,9 +91,13 @@ class TensorData:
         shift = (starts - (torch.cumsum(counts, 0) - counts)).index_select(0, local_rows)
         pos = torch.arange(len(local_rows)).add_(shift)
         cols = self.indices.index_select(0, pos).long()
-        x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32)
-        x.index_copy_(0, local_rows * self.n_vars + cols, self.values.index_select(0, pos))
-        out.update(x=x.view(len(rows), self.n_vars), nz_rows=local_rows, nz_cols=cols)
+        values = self.values.index_select(0, pos)
+        out.update(nz_rows=local_rows, nz_cols=cols, nz_values=values)
+        if dense_x:
+            x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32)
+            out["x"] = x.index_copy_(0, local_rows * self.n_vars + cols, values).view(
+                len(rows), self.n_vars
+            )
         return out
 
 
@@ -116,6 +125,9 @@ class MinibatchLoader:
         Reshuffle the cells at each pass, with ``generator``.
     generator
         Seeded torch generator, for reproducible shuffling.
+    dense_x
+        Also build the dense count matrix of each minibatch from sparse data (not needed for
+        training, where the non-zero entries suffice).
     """
 
     def __init__(
@@ -126,6 +138,7 @@ class MinibatchLoader:
         batch_size: int = 128,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        dense_x: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
@@ -134,6 +147,7 @@ class MinibatchLoader:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.generator = generator
+        self.dense_x = dense_x
 
     def _bounds(self) -> list[tuple[int, int]]:
         n = len(self.indices)
@@ -152,7 +166,7 @@ class MinibatchLoader:
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
         for start, stop in self._bounds():
-            yield self.data.gather(order[start:stop])
+            yield self.data.gather(order[start:stop], dense_x=self.dense_x)
 
 
 def train_validation_split(

@@ -20,6 +20,8 @@ softplus(rho)``. The zero case is summed over every entry and corrected at the n
 Values and gradients are checked against the distribution classes and autograd in the tests.
 
 Every function returns the full normalised log-likelihood per cell, shape ``(n_cells,)``.
+``x`` is the dense count matrix; it may be ``None`` when the non-zero entries are given as
+``nz_rows``, ``nz_cols`` and ``nz_values``.
 ``theta`` is the inverse dispersion, per gene ``(n_genes,)`` or per entry ``(n_cells,
 n_genes)``.
 """
@@ -33,14 +35,17 @@ _EPS = 1e-8
 
 
 class _NonZero:
-    """The non-zero entries of a count matrix: rows, columns, flat positions and values."""
+    """The non-zero entries of a count matrix: rows, columns, flat positions and values.
 
-    def __init__(self, x: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None):
+    From a dense ``x`` (coordinates found or given), or from coordinates and values alone.
+    """
+
+    def __init__(self, x, rows, cols, values=None, *, n_genes: int):
         if rows is None or cols is None:
             rows, cols = torch.nonzero(x, as_tuple=True)
         self.rows, self.cols = rows, cols
-        self.flat = rows * x.shape[1] + cols
-        self.x = x.reshape(-1).index_select(0, self.flat)
+        self.flat = rows * n_genes + cols
+        self.x = values if values is not None else x.reshape(-1).index_select(0, self.flat)
 
 
 def _take(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -165,9 +170,10 @@ def nb_log_likelihood(
     log_x_factorial: torch.Tensor,
     nz_rows: torch.Tensor | None = None,
     nz_cols: torch.Tensor | None = None,
+    nz_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """NB log-likelihood per cell with ``mu = softmax(logits) * exp(log_library)``."""
-    nz = _NonZero(x, nz_rows, nz_cols)
+    nz = _NonZero(x, nz_rows, nz_cols, nz_values, n_genes=logits.shape[-1])
     theta = _check_theta(theta, logits)
     return _NegBinomialLogLik.apply(
         logits, log_library, theta, None, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
@@ -184,9 +190,10 @@ def zinb_log_likelihood(
     log_x_factorial: torch.Tensor,
     nz_rows: torch.Tensor | None = None,
     nz_cols: torch.Tensor | None = None,
+    nz_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Zero-inflated NB log-likelihood per cell, ``mu = softmax(logits) * exp(log_library)``."""
-    nz = _NonZero(x, nz_rows, nz_cols)
+    nz = _NonZero(x, nz_rows, nz_cols, nz_values, n_genes=logits.shape[-1])
     theta = _check_theta(theta, logits)
     return _NegBinomialLogLik.apply(
         logits, log_library, theta, zi_logits, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
@@ -201,12 +208,13 @@ def poisson_log_likelihood(
     log_x_factorial: torch.Tensor,
     nz_rows: torch.Tensor | None = None,
     nz_cols: torch.Tensor | None = None,
+    nz_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Poisson log-likelihood per cell with ``mu = softmax(logits) * exp(log_library)``.
 
     ``sum_g mu_g = exp(log_library)``, so the dense term needs no pass over the matrix.
     """
-    nz = _NonZero(x, nz_rows, nz_cols)
+    nz = _NonZero(x, nz_rows, nz_cols, nz_values, n_genes=logits.shape[-1])
     log_mu_nz = _take(torch.log_softmax(logits, -1), nz.flat) + log_library.index_select(0, nz.rows)
     per_cell = torch.zeros_like(log_library).index_add(0, nz.rows, nz.x * log_mu_nz)
     return per_cell - torch.exp(log_library) - log_x_factorial

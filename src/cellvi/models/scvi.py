@@ -193,21 +193,21 @@ class SCVIModule(nn.Module):
     # -- inference ----------------------------------------------------------------------------
     def inference(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         batch: torch.Tensor,
         cat_covs: torch.Tensor,
         cont_covs: torch.Tensor,
         size_factor: torch.Tensor | None = None,
         *,
         deterministic: bool = False,
-        nz: tuple[torch.Tensor, torch.Tensor] | None = None,
+        nz: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``q(z | x)`` parameters, a latent sample (or the mean) and the log library size.
 
-        ``nz``, the coordinates of the non-zero counts when known, lets ``log1p`` and the
-        library size touch only those entries.
+        ``nz``, the non-zero counts as ``(rows, cols, values)`` when known, lets ``log1p`` and
+        the library size touch only those entries; ``x`` may then be ``None``.
         """
-        x_in, total = _log1p_and_totals(x, nz)
+        x_in, total = _log1p_and_totals(x, nz, batch.shape[0], self.n_input)
         cats, cont = self._covariates(batch, cat_covs, cont_covs)
         enc_cats, enc_cont = (cats, cont) if self.encode_covariates else ([], None)
         qz_m, qz_v = (t.float() for t in self.z_encoder(x_in, enc_cats, enc_cont))
@@ -255,6 +255,7 @@ class SCVIModule(nn.Module):
             "log_x_factorial": mb["log_x_factorial"],
             "nz_rows": mb.get("nz_rows"),
             "nz_cols": mb.get("nz_cols"),
+            "nz_values": mb.get("nz_values"),
         }
         # under mixed precision the decoder's outputs may be bfloat16: the likelihood is float32
         logits, log_lib = gen["scale_logits"].float(), gen["log_library"].float()
@@ -283,9 +284,14 @@ class SCVIModule(nn.Module):
     # -- loss ---------------------------------------------------------------------------------
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossTerms:
         """Negative ELBO of a minibatch, with the KL of ``z`` scaled by ``kl_weight``."""
-        nz = (mb["nz_rows"], mb["nz_cols"]) if "nz_rows" in mb else None
+        nz = (mb["nz_rows"], mb["nz_cols"], mb["nz_values"]) if "nz_rows" in mb else None
         inf = self.inference(
-            mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"), nz=nz
+            mb.get("x"),
+            mb["batch"],
+            mb["cat_covs"],
+            mb["cont_covs"],
+            mb.get("size_factor"),
+            nz=nz,
         )
         gen = self.generative(
             inf["z"],
@@ -295,7 +301,7 @@ class SCVIModule(nn.Module):
             mb["cat_covs"],
             mb["cont_covs"],
         )
-        reconstruction = -self.log_likelihood(mb["x"], gen, mb)
+        reconstruction = -self.log_likelihood(mb.get("x"), gen, mb)
         kl_z = _kl_standard_normal(inf["qz_m"], inf["qz_v"])
         kl_library = torch.zeros_like(kl_z)
         if self.l_encoder is not None:
@@ -306,16 +312,24 @@ class SCVIModule(nn.Module):
         return LossTerms(loss, reconstruction, kl_z, kl_library)
 
 
-def _log1p_and_totals(x: torch.Tensor, nz) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log1p(x)`` and the per-cell totals, from the non-zero entries alone when known."""
+def _log1p_and_totals(x, nz, n_cells: int, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log1p(x)`` and the per-cell totals, from the non-zero entries alone when known.
+
+    Under autocast the encoder input is built directly in the autocast dtype, which saves the
+    cast of a full ``cells x genes`` matrix.
+    """
     if nz is None:
         return torch.log1p(x), x.sum(-1)
-    rows, cols = nz
-    flat = rows * x.shape[1] + cols
-    values = x.reshape(-1).index_select(0, flat)
-    x_in = torch.zeros_like(x).reshape(-1).index_copy_(0, flat, torch.log1p(values))
-    totals = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, rows, values)
-    return x_in.view_as(x), totals
+    rows, cols, values = nz
+    device = values.device
+    dtype = values.dtype
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    flat = rows * n_genes + cols
+    x_in = torch.zeros(n_cells * n_genes, dtype=dtype, device=device)
+    x_in.index_copy_(0, flat, torch.log1p(values).to(dtype))
+    totals = torch.zeros(n_cells, dtype=values.dtype, device=device).index_add_(0, rows, values)
+    return x_in.view(n_cells, n_genes), totals
 
 
 def _kl_standard_normal(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,12 @@ def fit(
     """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
     (every epoch when early stopping or LR-on-plateau needs it, never when ``None``)."""
     train = MinibatchLoader(
-        data, train_indices, batch_size=batch_size, shuffle=True, generator=generator
+        data,
+        train_indices,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        dense_x=False,
     )
     has_val = len(validation_indices) > 0
     needs_val = early_stopping or plan.reduce_lr_on_plateau
@@ -90,7 +95,9 @@ def fit(
     every = 1 if needs_val else check_val_every_n_epoch
     val = None
     if has_val and every:
-        val = MinibatchLoader(data, validation_indices, batch_size=max(batch_size, 1024))
+        val = MinibatchLoader(
+            data, validation_indices, batch_size=max(batch_size, 1024), dense_x=False
+        )
     callbacks = [EpochProgressBar(description)] if progress_bar else []
     if early_stopping:
         callbacks.append(
