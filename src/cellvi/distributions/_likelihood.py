@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 _EPS = 1e-8
+_TINY = torch.finfo(torch.float32).tiny
 
 
 class _NonZero:
@@ -73,13 +74,8 @@ class _NegBinomialLogLik(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, log_library, theta, rho, rows, cols, flat, x_nz, log_x_factorial):
         per_gene = theta.dim() == 1
-        # softmax is one fused kernel, several times cheaper on a CPU than logsumexp + exp; the
-        # log-normaliser (needed at the non-zeros) is recovered exactly at each row's maximum,
-        # where the softmax is at least 1 / n_genes
+        # softmax is one fused kernel, several times cheaper on a CPU than logsumexp + exp
         scale = torch.softmax(logits, -1)
-        row_max, arg_max = logits.max(-1, keepdim=True)
-        lse = (row_max - torch.log(scale.gather(-1, arg_max))).squeeze(-1)
-        offset = log_library - lse
         mu = scale * torch.exp(log_library).unsqueeze(-1)
         theta_e = theta + _EPS
         ratio = mu / theta_e  # mu / theta
@@ -93,7 +89,10 @@ class _NegBinomialLogLik(torch.autograd.Function):
             a, neg_rho = t - rho, rho.neg()
             out = F.softplus(a).sum(-1) - F.softplus(neg_rho).sum(-1)
         # the non-zero entries
-        log_mu_nz = _take(logits, flat) + offset.index_select(0, rows)
+        # log mu at the non-zeros; the floor only matters where a softmax underflows (the value
+        # is then far below any useful fit); the gradient is analytic and does not use it
+        log_scale_nz = torch.log(_take(scale, flat).clamp_min_(_TINY))
+        log_mu_nz = log_scale_nz + log_library.index_select(0, rows)
         D_nz = _take(log1p_ratio, flat).neg_()
         if per_gene:
             theta_nz = theta.index_select(0, cols)
