@@ -258,8 +258,8 @@ class SCVIModule(nn.Module):
             "nz_values": mb.get("nz_values"),
         }
         # under mixed precision the decoder's outputs may be bfloat16: the likelihood is float32
-        logits, log_lib = gen["scale_logits"].float(), gen["log_library"].float()
         gen = {k: v.float() for k, v in gen.items()}
+        logits, log_lib = gen["scale_logits"], gen["log_library"]
         if self.gene_likelihood == "zinb":
             return zinb_log_likelihood(x, logits, log_lib, gen["theta"], gen["zi_logits"], **extra)
         if self.gene_likelihood == "nb":
