@@ -294,3 +294,13 @@ def test_train_size_leaving_one_training_cell(registered):
 
 def test_train_rejects_empty_latent(registered):
     _raises(ValueError, ["n_latent"], cv.tl.scvi_train, registered, **TINY | {"n_latent": 0})
+
+
+def test_several_devices_are_refused_clearly(registered):
+    _raises(
+        ValueError,
+        ["devices", "not supported yet"],
+        cv.tl.scvi_train,
+        registered,
+        **TINY | {"devices": 2},
+    )

@@ -152,6 +152,7 @@ def scvi_train(
         recorded in ``params``; pass ``"32-true"`` for float32 throughout.
     accelerator, devices
         Passed to :class:`lightning.pytorch.Trainer` (``"auto"`` uses a GPU when present).
+        One device for now: ``devices="auto"`` means one, several devices raise an error.
     copy
         Return a trained copy instead of writing to ``adata``.
 

@@ -92,6 +92,15 @@ def fit(
         raise ValueError(
             "early_stopping / reduce_lr_on_plateau need validation cells: use train_size < 1."
         )
+    # the minibatch loader does not shard cells across processes yet, so "auto" means one
+    # device (Lightning would otherwise start one process per visible GPU)
+    if devices == "auto":
+        devices = 1
+    elif devices not in (1, [0], "1"):
+        raise ValueError(
+            f"devices={devices!r}: training on several devices is not supported yet; "
+            "use devices=1 (the default picks one GPU when there is one)."
+        )
     every = 1 if needs_val else check_val_every_n_epoch
     val = None
     if has_val and every:
