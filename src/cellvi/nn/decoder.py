@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import MLP
+from .layers import MLP, without_autocast
 
 
 class CountDecoder(nn.Module):
@@ -67,7 +67,8 @@ class CountDecoder(nn.Module):
         cont: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Expression logits (``softmax`` gives proportions), the library and optional heads."""
-        h = self.body(z, cats, cont)
+        with without_autocast(z):  # n_latent -> n_hidden: too small to gain from low precision
+            h = self.body(z.float(), cats, cont)
         out = {"scale_logits": self.scale_logits(h), "log_library": log_library}
         if self.zi_logits is not None:
             out["zi_logits"] = self.zi_logits(h)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import MLP
+from .layers import MLP, without_autocast
 
 VAR_EPS = 1e-4  # floor on the posterior variance, keeps log-variances finite
 
@@ -59,4 +59,6 @@ class GaussianEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance."""
         h = self.body(x, cats, cont)
-        return self.mean(h), torch.exp(self.log_var(h)) + VAR_EPS
+        with without_autocast(h):  # n_hidden -> n_latent: too small to gain from low precision
+            h = h.float()
+            return self.mean(h), torch.exp(self.log_var(h)) + VAR_EPS

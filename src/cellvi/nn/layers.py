@@ -15,6 +15,16 @@ from torch import nn
 BATCH_REPRESENTATIONS = ("one-hot", "embedding")
 
 
+def without_autocast(t: torch.Tensor):
+    """A region where mixed precision is off, for layers too small to gain from it.
+
+    Under autocast every linear layer casts its weight, bias and input to the low precision and
+    its gradients back, at every step; for the tiny latent-side layers that costs more than the
+    low-precision product saves.
+    """
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class CovariateInjection(nn.Module):
     """Adds the contribution of categorical and continuous covariates to a layer's output.
 
