@@ -80,17 +80,21 @@ def minibatches(
         yield {k: v.to(device, non_blocking=True) for k, v in mb.items()}
 
 
-def latent_mean(module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Posterior mean of ``z`` (softmax of the Gaussian mean for a logistic-normal latent)."""
-    inf = module.inference(
+def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -> dict:
+    """``module.inference`` on a minibatch from :func:`minibatches`."""
+    return module.inference(
         mb["x"],
         mb["batch"],
         mb["cat_covs"],
         mb["cont_covs"],
         mb.get("size_factor"),
-        deterministic=True,
+        deterministic=deterministic,
     )
-    return inf["z"]
+
+
+def latent_mean(module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Posterior mean of ``z`` (softmax of the Gaussian mean for a logistic-normal latent)."""
+    return run_inference(module, mb, deterministic=True)["z"]
 
 
 @torch.inference_mode()

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from anndata import AnnData
 
-from ._common import compute_latent, inference_device, load_model, minibatches, model_data
+from ._common import (
+    compute_latent,
+    inference_device,
+    load_model,
+    minibatches,
+    model_data,
+    run_inference,
+)
 
 logger = logging.getLogger("cellvi")
 
@@ -69,29 +77,19 @@ def _batch_codes(model, transform_batch: str | Sequence[str] | None) -> list[int
 
 @torch.inference_mode()
 def _normalized(module, mb, codes, library_size, n_samples) -> torch.Tensor:
-    inf = module.inference(
-        mb["x"],
-        mb["batch"],
-        mb["cat_covs"],
-        mb["cont_covs"],
-        mb.get("size_factor"),
-        deterministic=n_samples == 1,
-    )
     total = torch.zeros_like(mb["x"])
     for _ in range(n_samples):
-        if n_samples > 1:
-            inf = module.inference(
-                mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor")
-            )
+        # one sample: the posterior mean; several: that many posterior samples
+        inf = run_inference(module, mb, deterministic=n_samples == 1)
+        log_lib = (
+            inf["log_library"].unsqueeze(-1)
+            if library_size == "latent"
+            else math.log(float(library_size))
+        )
         for code in codes or [None]:
             batch = mb["batch"] if code is None else torch.full_like(mb["batch"], code)
             gen = module.generative(
                 inf["z"], inf["log_library"], batch, mb["labels"], mb["cat_covs"], mb["cont_covs"]
-            )
-            log_lib = (
-                inf["log_library"].unsqueeze(-1)
-                if library_size == "latent"
-                else (torch.log(torch.as_tensor(float(library_size))))
             )
             total += torch.exp(module.log_scale(gen) + log_lib)
     return total / (n_samples * len(codes or [None]))
