@@ -216,9 +216,9 @@ class SCVIModule(nn.Module):
             z = F.softmax(z, dim=-1)
         out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
         if self.l_encoder is None:
-            total = size_factor if size_factor is not None else total
             # zero-count cells get library 1 (log 0): finite, and they only ever see zeros
-            out["log_library"] = torch.log(total.clamp(min=1.0) if size_factor is None else total)
+            library = total.clamp(min=1.0) if size_factor is None else size_factor
+            out["log_library"] = torch.log(library)
         else:
             ql_m, ql_v = (t.float() for t in self.l_encoder(x_in, enc_cats, enc_cont))
             ql_m, ql_v = ql_m.squeeze(-1), ql_v.squeeze(-1)
