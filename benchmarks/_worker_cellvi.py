@@ -10,34 +10,15 @@ import time
 
 _T_START = time.perf_counter()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
-
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
+from _worker_common import version_of, worker_parser  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--train", required=True)
-    p.add_argument("--test", required=True)
-    p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--kl-warmup", type=int, required=True)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--n-hidden", type=int, default=128)
-    p.add_argument("--n-latent", type=int, default=10)
-    p.add_argument("--n-layers", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p = worker_parser(__doc__)
     p.add_argument("--precision", default="auto")
     args = p.parse_args()
 
@@ -107,9 +88,9 @@ def main() -> None:
         "versions": {
             "cellvi": getattr(cv, "__version__", None),
             "torch": torch.__version__,
-            "lightning": _version("lightning"),
-            "anndata": _version("anndata"),
-            "numpy": _version("numpy"),
+            "lightning": version_of("lightning"),
+            "anndata": version_of("anndata"),
+            "numpy": version_of("numpy"),
             "python": platform.python_version(),
         },
         "python_executable": sys.executable,
