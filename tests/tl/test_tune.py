@@ -232,3 +232,20 @@ def test_joining_a_study_with_another_metric_is_refused(registered, tmp_path):
             study_name="shared",
             metric="reconstruction_validation",
         )
+
+
+def test_default_space_leaves_out_fixed_arguments(registered):
+    from cellvi.tl._tune import _objective
+
+    objective = _objective(
+        registered,
+        model="scvi",
+        search_space=None,
+        metric="elbo_validation",
+        train_kwargs={"n_hidden": 32, "max_epochs": 2, "seed": 0},
+        n_cells_integration=100,
+        seed=0,
+    )
+    default = set(_models.MODELS["scvi"]().default_search_space)
+    assert set(objective.space.names) == default - {"n_hidden"}
+    assert objective.trial_overrides == {"check_val_every_n_epoch": 1}

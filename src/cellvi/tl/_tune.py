@@ -40,11 +40,10 @@ def _objective(adata, *, model, search_space, metric, train_kwargs, n_cells_inte
     """Check every option against the data and build the objective (nothing trained yet)."""
     entry, metric = get_model(model), get_metric(metric)
     allowed = tunable_arguments(entry.train)
-    space = SearchSpace.parse(
-        entry.default_search_space if search_space is None else search_space,
-        allowed=allowed,
-        model=model,
-    )
+    if search_space is None:  # the default space, less what the caller fixes
+        fixed_names = set(train_kwargs)
+        search_space = {k: v for k, v in entry.default_search_space.items() if k not in fixed_names}
+    space = SearchSpace.parse(search_space, allowed=allowed, model=model)
     fixed = _check_fixed(train_kwargs, allowed, space, model)
     registry = entry.registry(adata)
     integration, overrides = None, {}
@@ -105,7 +104,8 @@ def tune(
     search_space
         Argument name of the training function -> ``("int", low, high)``,
         ``("int_log", low, high)``, ``("float", low, high)``, ``("float_log", low, high)``
-        or ``("cat", [choices])``. ``None``: the model's default (``docs/tuning.md``).
+        or ``("cat", [choices])``. ``None``: the model's default (``docs/tuning.md``) without
+        the arguments fixed in ``train_kwargs``.
     metric
         ``"elbo_validation"`` (maximised), ``"reconstruction_validation"`` (minimised), or
         ``"integration"`` (maximised; an scIB-style score, needs a batch and a labels key).
