@@ -249,3 +249,18 @@ def test_default_space_leaves_out_fixed_arguments(registered):
     default = set(_models.MODELS["scvi"]().default_search_space)
     assert set(objective.space.names) == default - {"n_hidden"}
     assert objective.trial_overrides == {"check_val_every_n_epoch": 1}
+
+
+def test_reconstruction_metric_is_minimised(registered):
+    cv.tl.tune(
+        registered,
+        n_trials=2,
+        max_epochs=2,
+        search_space=SPACE,
+        train_kwargs=FIXED,
+        metric="reconstruction_validation",
+    )
+    res = registered.uns["scvi_tune"]
+    values = res["trials"]["value"]
+    assert res["direction"] == "minimize" and np.all(values > 0)
+    assert res["best_value"] == values.min() and res["best_trial"] == int(np.argmin(values))

@@ -16,8 +16,13 @@ from ..tune._models import get_metric, get_model
 from ..tune._objective import TRIAL_ERRORS, IntegrationCells, Objective
 from ..tune._results import summarize
 from ..tune._space import SearchSpace, tunable_arguments
-from ..tune._study import default_pruner, open_study, param_importances, quiet_trials
-from ..tune._study import resolve_storage as _resolve_storage
+from ..tune._study import (
+    default_pruner,
+    open_study,
+    param_importances,
+    quiet_trials,
+    resolve_storage,
+)
 
 logger = logging.getLogger("cellvi")
 
@@ -175,7 +180,7 @@ def tune(
         n_cells_integration=n_cells_integration,
         seed=seed,
     )
-    storage, storage_text = _resolve_storage(storage)
+    storage, storage_text = resolve_storage(storage)
     logger.info(f"tuning {model} ({objective.metric.direction} {metric}): {n_trials} trials")
     with quiet_trials() as progress_bar:
         study = open_study(
