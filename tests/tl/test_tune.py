@@ -112,7 +112,14 @@ def test_nothing_written_when_every_trial_is_pruned(registered):
     assert "scvi_tune" not in registered.uns
 
 
-def test_nan_and_out_of_memory_fail_trials_not_the_study(registered, monkeypatch):
+OUT_OF_MEMORY = (
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB."),
+)
+
+
+@pytest.mark.parametrize("memory_error", OUT_OF_MEMORY, ids=["cuda", "cpu"])
+def test_nan_and_out_of_memory_fail_trials_not_the_study(registered, monkeypatch, memory_error):
     original = _models.MODELS["scvi"]
     calls = []
 
@@ -123,7 +130,7 @@ def test_nan_and_out_of_memory_fail_trials_not_the_study(registered, monkeypatch
         def flaky(adata, **kwargs):
             calls.append(kwargs["lr"])
             if len(calls) == 2:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+                raise memory_error
             return model.train(adata, **kwargs)
 
         return dataclasses.replace(model, train=flaky)

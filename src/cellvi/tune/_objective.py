@@ -111,7 +111,7 @@ class _out_of_memory_fails_trial:
         if error is None or not isinstance(error, MemoryError | RuntimeError):
             return False
         message = str(error).lower()
-        if not isinstance(error, MemoryError | torch.OutOfMemoryError) and not (
+        if not isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) and not (
             "out of memory" in message or "not enough memory" in message
         ):
             return False
