@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from anndata import AnnData
@@ -86,6 +88,7 @@ def scvi_train(
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
+    callbacks: Sequence[pl.Callback] | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Train an scVI model and store its latent space and the model itself in ``adata``.
@@ -153,6 +156,9 @@ def scvi_train(
     accelerator, devices
         Passed to :class:`lightning.pytorch.Trainer` (``"auto"`` uses a GPU when present).
         One device for now: ``devices="auto"`` means one, several devices raise an error.
+    callbacks
+        Extra :class:`lightning.pytorch.Callback` objects for the trainer (e.g. the pruning
+        callback of :func:`cellvi.tl.tune`). They are not recorded in ``params``.
     copy
         Return a trained copy instead of writing to ``adata``.
 
@@ -167,7 +173,7 @@ def scvi_train(
         (safetensors bytes), ``history``, ``validation_indices``, ``metrics``, ``versions``,
         ``session_info`` and the format version (see the payload specification).
     """
-    params = {k: v for k, v in locals().items() if k not in ("adata", "copy")}
+    params = {k: v for k, v in locals().items() if k not in ("adata", "copy", "callbacks")}
     start = time.perf_counter()
     _check_training_args(
         max_epochs,
@@ -222,6 +228,7 @@ def scvi_train(
         progress_bar=settings.progress_bar,
         description=f"scVI ({key_added})",
         precision=precision,
+        callbacks=callbacks,
     )
     module = plan.module.cpu().eval()
     latent = compute_latent(module, data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -75,9 +76,11 @@ def fit(
     progress_bar: bool = True,
     description: str = "training",
     precision: str = "32-true",
+    callbacks: Sequence[pl.Callback] | None = None,
 ) -> TrainingPlan:
     """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
-    (every epoch when early stopping or LR-on-plateau needs it, never when ``None``)."""
+    (every epoch when early stopping or LR-on-plateau needs it, never when ``None``).
+    ``callbacks`` are added to the trainer's own (progress bar, early stopping)."""
     train = MinibatchLoader(
         data,
         train_indices,
@@ -107,6 +110,7 @@ def fit(
         val = MinibatchLoader(
             data, validation_indices, batch_size=max(batch_size, 1024), dense_x=False
         )
+    extra_callbacks = list(callbacks or ())
     callbacks = [EpochProgressBar(description)] if progress_bar else []
     if early_stopping:
         callbacks.append(
@@ -117,6 +121,7 @@ def fit(
                 min_delta=0.0,
             )
         )
+    callbacks.extend(extra_callbacks)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     trainer = pl.Trainer(

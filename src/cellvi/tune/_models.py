@@ -1,0 +1,126 @@
+"""What tuning needs to know about each model: its training function and default search space.
+
+Adding a model to :func:`cellvi.tl.tune` is one :class:`TunableModel` entry in :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from anndata import AnnData
+
+from ..data.registry import REGISTRY_KEY, get_registry
+
+
+def shared_anndata(adata: AnnData) -> AnnData:
+    """A new AnnData holding the caller's matrices (not copies) and registry, for one trial.
+
+    Training writes its latent and model into this object, never into the caller's.
+    """
+    return AnnData(
+        X=adata.X,
+        obs=adata.obs,
+        var=adata.var,
+        layers=dict(adata.layers),
+        uns={REGISTRY_KEY: adata.uns[REGISTRY_KEY]},
+    )
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An objective: its optimisation direction and whether it needs validation cells."""
+
+    name: str
+    direction: str
+    needs_validation: bool
+    description: str
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("elbo_validation", "maximize", True, "ELBO per validation cell"),
+        Metric(
+            "reconstruction_validation",
+            "minimize",
+            True,
+            "reconstruction error -E_q[log p(x|z)] per validation cell",
+        ),
+        Metric("integration", "maximize", False, "scIB-style integration score of the latent"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class TunableModel:
+    """A model ``cv.tl.tune`` can search over.
+
+    Attributes
+    ----------
+    train
+        The ``cv.tl`` training function; it takes ``callbacks`` and writes ``obsm["X_" + key]``
+        and ``uns[key]`` with a ``history`` and final ``metrics``.
+    default_search_space
+        Used when the caller gives none.
+    history_keys
+        Metric name -> key of its per-epoch value in the training history.
+    final_keys
+        Metric name -> key of its end-of-training value in the payload's ``metrics``.
+    registry
+        The registry that describes the data (for batch and label codes).
+    trial_data
+        A per-trial object sharing the caller's data (see :func:`shared_anndata`).
+    """
+
+    train: Callable[..., Any]
+    default_search_space: Mapping[str, tuple]
+    history_keys: Mapping[str, str]
+    final_keys: Mapping[str, str]
+    registry: Callable[[Any], dict] = get_registry
+    trial_data: Callable[[Any], Any] = shared_anndata
+
+
+def _scvi() -> TunableModel:
+    from ..tl._scvi_train import scvi_train
+
+    return TunableModel(
+        train=scvi_train,
+        default_search_space={
+            "n_latent": ("int", 5, 30),
+            "n_hidden": ("cat", [64, 128, 256]),
+            "n_layers": ("int", 1, 3),
+            "dropout_rate": ("float", 0.0, 0.3),
+            "lr": ("float_log", 1e-4, 1e-2),
+            "gene_likelihood": ("cat", ["nb", "zinb"]),
+        },
+        history_keys={
+            "elbo_validation": "elbo_validation",
+            "reconstruction_validation": "reconstruction_validation",
+        },
+        final_keys={
+            "elbo_validation": "elbo_validation",
+            "reconstruction_validation": "reconstruction_error_validation",
+        },
+    )
+
+
+#: Model name -> a function returning its entry (imported lazily: tl imports this package).
+MODELS: dict[str, Callable[[], TunableModel]] = {"scvi": _scvi}
+
+
+def get_model(name: str) -> TunableModel:
+    """The entry of ``name``, or an error listing the models that can be tuned."""
+    if name not in MODELS:
+        raise ValueError(
+            f"model={name!r} cannot be tuned (not available in this version of cellvi); "
+            f"available: {sorted(MODELS)}."
+        )
+    return MODELS[name]()
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise ValueError(f"metric={name!r} is not known; choose one of {sorted(METRICS)}.")
+    return METRICS[name]
