@@ -1,5 +1,6 @@
 """Plotting (scanpy-style ``cv.pl``): figures only; computations live elsewhere."""
 
+from ._criticism import criticism
 from ._history import training_history
 
-__all__ = ["training_history"]
+__all__ = ["criticism", "training_history"]
