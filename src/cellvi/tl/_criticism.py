@@ -16,6 +16,7 @@ from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
 from ..lifecycle.criticism import PredictiveStatistics, observed_statistics
 from ..lifecycle.criticism_scores import summarize
+from ..lifecycle.minified import require_counts
 from ..lifecycle.sampling import cells_per_pass, check_n_samples, draw_counts, seeded
 from ._common import LoadedModel, compute_latent, inference_device, load_model, minibatches
 
@@ -165,6 +166,8 @@ def criticism(
     n_samples = check_n_samples(n_samples)
     if int(n_top_genes) < 1:
         raise ValueError(f"n_top_genes must be a positive integer, got {n_top_genes!r}.")
+    for k in keys:
+        require_counts(adata, k, "cv.tl.criticism")
     models = [_with_layer(load_model(adata, k), layer) for k in keys]
     registered = [extract_registered_data(adata, m.registry, var_names=m.var_names) for m in models]
     data = [TensorData.from_registered(r) for r in registered]
