@@ -47,6 +47,7 @@ def test_minified_data_embeds_normalises_and_samples_like_the_full_data(trained,
     totals = np.asarray(trained.layers["counts"].sum(1)).ravel()
     np.testing.assert_allclose(np.exp(mini.obs["ref_log_library_m"]), totals, rtol=1e-5)
     np.testing.assert_array_equal(mini.obs["ref_log_library_v"], 0.0)
+    np.testing.assert_array_equal(mini.obsm["X_ref"], trained.obsm["X_scvi"])
 
     cv.tl.scvi_embed(mini, key="ref", key_added="again")
     np.testing.assert_array_equal(mini.obsm["X_again"], trained.obsm["X_scvi"])

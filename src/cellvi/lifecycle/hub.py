@@ -29,7 +29,7 @@ import numpy as np
 from anndata import AnnData
 
 from ..data.registry import extract_registered_data
-from ..tl._common import get_payload
+from ..tl._common import compute_latent, get_payload, load_model, model_data
 from .hub_data import (
     DATA_FILE,
     SHARED_DATA_KEY,
@@ -241,6 +241,9 @@ def _load_data(path: Path, key: str, *, source: str) -> AnnData:
         )
     adata = rename_model_fields(anndata.read_h5ad(path / DATA_FILE), key)
     _load(path, adata, key, source=source)
+    if f"X_{key}" not in adata.obsm:  # minified: the latent mean is the stored posterior's
+        model = load_model(adata, key)
+        adata.obsm[f"X_{key}"] = compute_latent(model.module, model_data(adata, model))
     return adata
 
 

@@ -2,8 +2,8 @@
 
 ``include_data=True`` shares what the model reads: the registered counts (in the registered
 layer), the registered ``obs`` columns, the genes and the latent ``obsm["X_" + key]``.
-``include_data="minified"`` shares the same without counts: the latent posterior and library
-sizes of every cell (see :mod:`cellvi.lifecycle.minified`), enough to embed, normalise and
+``include_data="minified"`` shares the same without counts (and without the latent, which
+``load_data`` recomputes): the latent posterior and library sizes of every cell (see :mod:`cellvi.lifecycle.minified`), enough to embed, normalise and
 decode the reference again, at a fraction of the size.
 """
 
@@ -79,16 +79,17 @@ def shared_anndata(adata: AnnData, key: str, include_data: IncludeData) -> AnnDa
     out = AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(model.var_names, dtype=str)))
     if include_data == "minified":
         counts = sp.csr_matrix(adata.shape, dtype=np.float32)
+        # the latent is left out: load_data recomputes it from the stored posterior
         write_posterior(out, key, compute_posterior(model, adata))
     else:
         X = registered.X
         counts = X.copy() if sp.issparse(X) else np.array(X)
+        out.obsm[f"X_{key}"] = compute_latent(model.module, model_data(adata, model))
     layer = str(model.registry["layer"])
     if layer:
         out.layers[layer] = counts
     else:
         out.X = counts
-    out.obsm[f"X_{key}"] = compute_latent(model.module, model_data(adata, model))
     kind = "minified" if include_data == "minified" else "full"
     out.uns[SHARED_DATA_KEY] = {"key": key, "include_data": kind}
     return out
@@ -99,7 +100,8 @@ def rename_model_fields(adata: AnnData, key: str) -> AnnData:
     old = str(adata.uns.get(SHARED_DATA_KEY, {}).get("key", key))
     if old == key:
         return adata
-    adata.obsm[f"X_{key}"] = adata.obsm.pop(f"X_{old}")
+    if f"X_{old}" in adata.obsm:
+        adata.obsm[f"X_{key}"] = adata.obsm.pop(f"X_{old}")
     if MINIFIED_KEY in adata.uns:
         for (where, old_name), (_, new_name) in zip(
             field_names(old).values(), field_names(key).values(), strict=True
