@@ -91,10 +91,10 @@ def test_each_model_is_scored_on_its_own_draws(fitted):
     )
 
 
-def test_dense_counts_give_the_same_metrics(fitted):
-    dense = fitted.copy()
-    dense.layers["counts"] = dense.layers["counts"].toarray()
-    cv.tl.criticism(dense, key="zinb", groupby="cell_type")
+def test_dense_counts_in_another_layer_give_the_same_metrics(fitted):
+    fitted.layers["dense"] = fitted.layers["counts"].toarray()
+    dense = cv.tl.criticism(fitted, key="zinb", groupby="cell_type", layer="dense", copy=True)
+    assert dense.uns["zinb_criticism"]["params"]["layer"] == "dense"
     for field in ("summary", "calibration", "gene"):
         for name, value in fitted.uns["zinb_criticism"][field].items():
             np.testing.assert_allclose(dense.uns["zinb_criticism"][field][name], value, rtol=1e-10)

@@ -116,7 +116,8 @@ def criticism(
         ``adata.obs`` column with the groups of the fold-change check (default: registered
         labels, else Leiden clusters of the latent).
     layer
-        Layer with the observed counts (default: the registered one).
+        Layer with the counts, both encoded by the models and compared with their draws
+        (default: each model's registered layer).
     seed
         Seed of the draws.
     show

@@ -24,6 +24,7 @@ logger = logging.getLogger("cellvi")
 
 
 def model_keys(key: str | Sequence[str]) -> list[str]:
+    """``key`` as a list of distinct model keys."""
     keys = [key] if isinstance(key, str) else list(key)
     if not keys or not all(isinstance(k, str) for k in keys):
         raise TypeError(f"key must be a model key (str) or a list of them, got {key!r}.")
@@ -129,7 +130,8 @@ def criticism(
         ``adata.obs`` column defining the groups of the fold-change check (default: the
         model's registered labels, else Leiden clusters of the first model's latent).
     layer
-        Layer holding the observed counts (default: the model's registered one).
+        Layer with the counts, both encoded by the models and compared with their draws
+        (default: each model's registered layer).
     n_top_genes
         Number of top marker genes per group compared by the F1 score.
     seed
