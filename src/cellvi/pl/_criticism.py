@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +13,38 @@ from anndata import AnnData
 from ..tl._criticism import criticism as compute_criticism
 from ..tl._criticism import model_keys
 
-# (title, x label, y label, where the values are, summary score shown in the legend)
-_SCATTERS = (
-    ("gene CV", "observed", "generated", ("gene", "observed_gene_cv", "predicted_gene_cv"), "gene_cv_mae"),
-    ("cell CV", "observed", "generated", ("cell", "observed_cv", "predicted_cv"), "cell_cv_mae"),
-    (
-        "zero fraction per gene",
-        "observed",
-        "generated",
-        ("gene", "observed_gene_zero_fraction", "predicted_gene_zero_fraction"),
-        "gene_zero_fraction_mae",
-    ),
-    ("log2 fold change per group", "observed counts", "generated counts", ("de", "lfc_observed", "lfc_predicted"), "lfc_mae"),
-)  # fmt: skip
+
+@dataclass(frozen=True)
+class _Scatter:
+    """An observed-vs-generated panel: where its values are in the results, and its labels."""
+
+    title: str
+    field: str
+    observed: str
+    predicted: str
+    score: str
+    xlabel: str = "observed"
+    ylabel: str = "generated"
+
+
+_GENE_CV = _Scatter("gene CV", "gene", "observed_gene_cv", "predicted_gene_cv", "gene_cv_mae")
+_CELL_CV = _Scatter("cell CV", "cell", "observed_cv", "predicted_cv", "cell_cv_mae")
+_ZEROS = _Scatter(
+    "zero fraction per gene",
+    "gene",
+    "observed_gene_zero_fraction",
+    "predicted_gene_zero_fraction",
+    "gene_zero_fraction_mae",
+)
+_LFC = _Scatter(
+    "log2 fold change per group",
+    "de",
+    "lfc_observed",
+    "lfc_predicted",
+    "lfc_mae",
+    xlabel="from observed counts",
+    ylabel="from generated counts",
+)
 
 
 def _identity(ax, x: np.ndarray, y: np.ndarray) -> None:
@@ -35,18 +55,17 @@ def _identity(ax, x: np.ndarray, y: np.ndarray) -> None:
     ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", zorder=0)
 
 
-def _scatter_panel(ax, results: dict[str, dict], spec) -> None:
-    title, xlabel, ylabel, (group, obs_name, pred_name), score = spec
+def _scatter_panel(ax, results: dict[str, dict], panel: _Scatter) -> None:
     xs, ys = [], []
     for i, (key, result) in enumerate(results.items()):
-        x = np.asarray(result[group][obs_name], dtype=float).ravel()
-        y = np.asarray(result[group][pred_name], dtype=float).ravel()
-        mae = float(result["summary"][score])
+        x = np.asarray(result[panel.field][panel.observed], dtype=float).ravel()
+        y = np.asarray(result[panel.field][panel.predicted], dtype=float).ravel()
+        mae = float(result["summary"][panel.score])
         ax.scatter(x, y, s=6, alpha=0.5, color=f"C{i}", label=f"{key} (MAE {mae:.3g})")
         xs.append(x)
         ys.append(y)
     _identity(ax, np.concatenate(xs), np.concatenate(ys))
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
     ax.legend(frameon=False, fontsize="small", markerscale=2)
 
 
@@ -76,10 +95,10 @@ def draw_criticism(results: dict[str, dict], *, title: str | None = None):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 5, figsize=(22, 4.2), layout="constrained")
-    for ax, spec in zip(axes[:3], _SCATTERS[:3], strict=True):
-        _scatter_panel(ax, results, spec)
+    for ax, panel in zip(axes[:3], (_GENE_CV, _CELL_CV, _ZEROS), strict=True):
+        _scatter_panel(ax, results, panel)
     _calibration_panel(axes[3], results)
-    _scatter_panel(axes[4], results, _SCATTERS[3])
+    _scatter_panel(axes[4], results, _LFC)
     fig.suptitle(title or f"posterior predictive checks: {', '.join(results)}")
     return fig
 
