@@ -121,6 +121,8 @@ def test_bad_arguments_fail_before_writing(known):
         cv.tl.likelihood_parameters(known, library_size=-1)
     with pytest.raises(KeyError, match="scvi_train"):
         cv.tl.likelihood_parameters(known, key="other")
+    with pytest.raises(ValueError, match="names a trained model"):
+        cv.tl.posterior_predictive(known, layer_added="scvi")
     assert set(known.layers) | set(known.obsm) | set(known.uns) == before
 
 

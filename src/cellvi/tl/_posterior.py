@@ -95,6 +95,12 @@ def posterior_predictive(
     """
     n_samples = check_n_samples(n_samples)
     check_library_size(library_size)
+    layer_added = layer_added or f"{key}_posterior_predictive"
+    if isinstance(adata.uns.get(layer_added), dict) and "weights" in adata.uns[layer_added]:
+        raise ValueError(
+            f"layer_added={layer_added!r} names a trained model in adata.uns, which the draws' "
+            "parameters would overwrite; choose another name."
+        )
     model = load_model(adata, key)
     code = single_batch_code(model, transform_batch)
     data = model_data(adata, model)
@@ -107,7 +113,6 @@ def posterior_predictive(
             for mb in minibatches(data, device, cells)
         ]
     result = sp.vstack(parts, format="csr")
-    layer_added = layer_added or f"{key}_posterior_predictive"
     params = {
         "key": key,
         "n_samples": n_samples,
