@@ -25,10 +25,13 @@ class _Scatter:
     score: str
     xlabel: str = "observed"
     ylabel: str = "generated"
+    log: bool = False  # CVs span orders of magnitude (rare genes reach CV ~ sqrt(n_cells))
 
 
-_GENE_CV = _Scatter("gene CV", "gene", "observed_gene_cv", "predicted_gene_cv", "gene_cv_mae")
-_CELL_CV = _Scatter("cell CV", "cell", "observed_cv", "predicted_cv", "cell_cv_mae")
+_GENE_CV = _Scatter(
+    "gene CV", "gene", "observed_gene_cv", "predicted_gene_cv", "gene_cv_mae", log=True
+)
+_CELL_CV = _Scatter("cell CV", "cell", "observed_cv", "predicted_cv", "cell_cv_mae", log=True)
 _ZEROS = _Scatter(
     "zero fraction per gene",
     "gene",
@@ -47,8 +50,10 @@ _LFC = _Scatter(
 )
 
 
-def _identity(ax, x: np.ndarray, y: np.ndarray) -> None:
+def _identity(ax, x: np.ndarray, y: np.ndarray, *, log: bool = False) -> None:
     values = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)]])
+    if log:
+        values = values[values > 0]
     if values.size == 0:
         return
     low, high = float(values.min()), float(values.max())
@@ -64,7 +69,10 @@ def _scatter_panel(ax, results: dict[str, dict], panel: _Scatter) -> None:
         ax.scatter(x, y, s=6, alpha=0.5, color=f"C{i}", label=f"{key} (MAE {mae:.3g})")
         xs.append(x)
         ys.append(y)
-    _identity(ax, np.concatenate(xs), np.concatenate(ys))
+    _identity(ax, np.concatenate(xs), np.concatenate(ys), log=panel.log)
+    if panel.log:
+        ax.set_xscale("log", nonpositive="mask")
+        ax.set_yscale("log", nonpositive="mask")
     ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
     ax.legend(frameon=False, fontsize="small", markerscale=2)
 
