@@ -35,6 +35,8 @@ class TensorData:
     indptr: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    # a stored latent posterior per cell (minified data), gathered with each minibatch
+    posterior: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def from_registered(cls, data) -> TensorData:
@@ -80,6 +82,8 @@ class TensorData:
         }
         if self.size_factor is not None:
             out["size_factor"] = self.size_factor.index_select(0, rows)
+        for name, value in (self.posterior or {}).items():
+            out[name] = value.index_select(0, rows)
         if self.dense is not None:
             out["x"] = self.dense.index_select(0, rows)
             return out

@@ -1,6 +1,6 @@
 """Trained models as Hugging Face-style model folders: safetensors, JSON and a model card.
 
-A model folder holds exactly three files:
+A model folder holds three files, and a fourth when data is shared with the model:
 
 ``model.safetensors``
     The payload's ``weights``, byte for byte (a safetensors file: loading it never runs code).
@@ -8,8 +8,11 @@ A model folder holds exactly three files:
     Every other field of the payload (see ``docs/payload.md``), numpy values made plain JSON.
 ``README.md``
     A model card with YAML front matter (``library_name: cellvi``) for the Hub.
+``adata.h5ad`` (``include_data=True`` or ``"minified"``)
+    The reference data, full or minified (see :mod:`cellvi.lifecycle.hub_data`).
 
-Reading a folder only ever opens ``config.json`` and ``model.safetensors``: no pickle, no code.
+Reading a folder only ever opens ``config.json`` and ``model.safetensors`` (and, for
+:func:`load_data`, ``adata.h5ad``, which anndata reads without unpickling): no pickle, no code.
 :func:`pull` downloads only those names (and the card), so nothing else reaches the disk.
 """
 
@@ -26,7 +29,16 @@ import numpy as np
 from anndata import AnnData
 
 from ..data.registry import extract_registered_data
-from ..tl._common import get_payload
+from ..tl._common import compute_latent, get_payload, load_model, model_data
+from .hub_data import (
+    DATA_FILE,
+    SHARED_DATA_KEY,
+    IncludeData,
+    check_include_data,
+    rename_model_fields,
+    shared_anndata,
+)
+from .hub_json import from_json, to_json
 from .model_card import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, model_card
 from .payload import decode
 
@@ -36,72 +48,8 @@ FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 ALLOW_PATTERNS = ["*.json", "*.safetensors", CARD_FILE]
 DEFAULT_LICENSE = "cc-by-4.0"
 
-# JSON cannot tell the dtype of an empty list; these fields are numeric even when empty
-# (every other empty list is an empty list of names, as `h5ad_safe` writes it).
-_EMPTY_INT_FIELDS = {("validation_indices",)}
-_EMPTY_FLOAT_PREFIXES = {
-    ("history",),
-    ("registry", "library_log_means"),
-    ("registry", "library_log_vars"),
-}
 
-# Training parameters shown in the model card (all of them are in config.json).
-
-
-# -- JSON <-> payload values ---------------------------------------------------------------------
-def _to_json(value: Any, path: tuple[str, ...] = ()) -> Any:
-    """Payload values as plain JSON values: arrays to lists, numpy scalars to Python ones."""
-    if isinstance(value, Mapping):
-        return {str(k): _to_json(v, (*path, str(k))) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return [_to_json(v, path) for v in value.tolist()]
-    if isinstance(value, list | tuple):
-        return [_to_json(v, path) for v in value]
-    if isinstance(value, np.generic):
-        return _to_json(value.item(), path)
-    if isinstance(value, bytes):
-        return value.decode()
-    if value is None or isinstance(value, str | bool | int | float):
-        return value
-    raise TypeError(
-        f"The model field {'/'.join(path)!r} holds a {type(value).__name__}, which cannot be "
-        "written to config.json; the payload was modified."
-    )
-
-
-def _from_json(value: Any, path: tuple[str, ...] = ()) -> Any:
-    """Inverse of :func:`_to_json`: lists back to numpy arrays (names as object arrays of str)."""
-    if isinstance(value, dict):
-        return {k: _from_json(v, (*path, k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return _list_to_array(value, path)
-    return value
-
-
-def _list_to_array(values: list, path: tuple[str, ...]) -> np.ndarray:
-    if not values:
-        if path in _EMPTY_INT_FIELDS:
-            return np.zeros(0, dtype=np.int64)
-        if any(path[: len(prefix)] == prefix for prefix in _EMPTY_FLOAT_PREFIXES):
-            return np.zeros(0, dtype=np.float64)
-        return np.empty(0, dtype=object)
-    if all(isinstance(v, str) for v in values):
-        array = np.empty(len(values), dtype=object)  # how h5ad gives string arrays back
-        array[:] = values
-        return array
-    if all(isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=bool)
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.float64)
-    raise ValueError(
-        f"config.json field {'/'.join(path)!r} is a list of mixed or nested values, which no "
-        "cellvi model has; the file is corrupted or was modified."
-    )
-
-
-# -- the model card ------------------------------------------------------------------------------
+# -- model folders -------------------------------------------------------------------------------
 def _prepare_folder(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another path.")
@@ -114,13 +62,33 @@ def _prepare_folder(path: Path, overwrite: bool) -> None:
 
 
 def _write_folder(
-    payload: Mapping[str, Any], path: Path, *, license: str, repo_id: str | None = None
+    payload: Mapping[str, Any],
+    path: Path,
+    *,
+    license: str,
+    repo_id: str | None = None,
+    data: AnnData | None = None,
 ) -> None:
-    config = _to_json({k: v for k, v in payload.items() if k != "weights"})
+    """The model files, and ``adata.h5ad`` when ``data`` is given (else any old one goes)."""
+    config = to_json({k: v for k, v in payload.items() if k != "weights"})
     (path / WEIGHTS_FILE).write_bytes(np.asarray(payload["weights"], dtype=np.uint8).tobytes())
     text = json.dumps(config, indent=2, ensure_ascii=False)
     (path / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
-    (path / CARD_FILE).write_text(model_card(config, license, repo_id), encoding="utf-8")
+    card = model_card(config, license, repo_id, data=_data_kind(data))
+    (path / CARD_FILE).write_text(card, encoding="utf-8")
+    if data is None:
+        (path / DATA_FILE).unlink(missing_ok=True)  # never leave data of an older model
+    else:
+        data.write_h5ad(path / DATA_FILE, compression="gzip")
+
+
+def _data_kind(data: AnnData | None) -> str | None:
+    return None if data is None else str(data.uns[SHARED_DATA_KEY]["include_data"])
+
+
+def _shared_data(adata: AnnData, key: str, include_data: IncludeData) -> AnnData | None:
+    check_include_data(include_data)
+    return shared_anndata(adata, key, include_data) if include_data else None
 
 
 def save(
@@ -128,6 +96,7 @@ def save(
     path: str | Path,
     *,
     key: str = "scvi",
+    include_data: IncludeData = False,
     overwrite: bool = False,
     license: str = DEFAULT_LICENSE,
 ) -> Path:
@@ -145,9 +114,15 @@ def save(
         Folder to write; created if needed. It must not exist or be empty.
     key
         Key of the model in ``adata.uns``.
+    include_data
+        Also write ``adata.h5ad`` with the reference data (read it back with
+        :func:`load_data`): ``True``, the registered counts, ``obs`` columns and the latent;
+        ``"minified"``, the same without counts but with each cell's latent posterior (mean,
+        variance) and library size, enough for ``cv.tl.scvi_embed``, ``cv.tl.scvi_normalize``
+        and posterior sampling on the reference.
     overwrite
-        Write into a non-empty folder, replacing the three model files (other files are left
-        as they are).
+        Write into a non-empty folder, replacing the model files (an ``adata.h5ad`` of an
+        earlier save is removed unless data is written; other files are left as they are).
     license
         License in the model card's metadata (a Hugging Face license identifier).
 
@@ -157,9 +132,10 @@ def save(
     """
     payload = get_payload(adata, key)
     decode(payload, key)  # refuse anything that would not load back
+    data = _shared_data(adata, key, include_data)
     path = Path(path)
     _prepare_folder(path, overwrite)
-    _write_folder(payload, path, license=license)
+    _write_folder(payload, path, license=license, data=data)
     logger.info(f"    saved the model in adata.uns[{key!r}] to {path}")
     return path
 
@@ -182,7 +158,7 @@ def _read_folder(path: Path, key: str, source: str) -> dict[str, Any]:
         raise ValueError(f"{CONFIG_FILE} in {source} is not valid JSON ({err}).") from err
     if not isinstance(config, dict):
         raise ValueError(f"{CONFIG_FILE} in {source} is not a JSON object; it is corrupted.")
-    payload = _from_json({k: v for k, v in config.items() if k != "weights"})
+    payload = from_json({k: v for k, v in config.items() if k != "weights"})
     payload["weights"] = np.frombuffer((path / WEIGHTS_FILE).read_bytes(), dtype=np.uint8).copy()
     try:
         decode(payload, key)
@@ -232,12 +208,52 @@ def _load(path: Path, adata: AnnData | None, key: str, *, source: str) -> dict[s
     return None
 
 
+def load_data(path: str | Path, *, key: str = "scvi") -> AnnData:
+    """The reference data saved with a model (``cv.hub.save(..., include_data=...)``), with the
+    model in ``.uns[key]``.
+
+    Parameters
+    ----------
+    path
+        The model folder.
+    key
+        Key in ``.uns`` to put the model under.
+
+    Returns
+    -------
+    The AnnData of ``adata.h5ad``: the registered ``obs`` columns, the genes, the latent
+    ``obsm["X_" + key]``, the model in ``uns[key]`` and either the registered counts or, when
+    minified, the latent posterior (``obsm[key + "_qz_m"]``, ``obsm[key + "_qz_v"]``) and log
+    library sizes (``obs[key + "_log_library_m"]``, ``obs[key + "_log_library_v"]``) that
+    ``cv.tl`` functions use in place of the counts.
+    """
+    return _load_data(Path(path), key, source=str(path))
+
+
+def _load_data(path: Path, key: str, *, source: str) -> AnnData:
+    import anndata
+
+    if not (path / DATA_FILE).is_file():
+        raise FileNotFoundError(
+            f"{source} has no {DATA_FILE}: the model was saved without data. Save it with "
+            "`cv.hub.save(adata, path, include_data=True)` (or 'minified'), or load the model "
+            "into your own data with `cv.hub.load(path, adata)`."
+        )
+    adata = rename_model_fields(anndata.read_h5ad(path / DATA_FILE), key)
+    _load(path, adata, key, source=source)
+    if f"X_{key}" not in adata.obsm:  # minified: the latent mean is the stored posterior's
+        model = load_model(adata, key)
+        adata.obsm[f"X_{key}"] = compute_latent(model.module, model_data(adata, model))
+    return adata
+
+
 # -- the Hugging Face Hub ------------------------------------------------------------------------
 def push(
     adata: AnnData,
     repo_id: str,
     *,
     key: str = "scvi",
+    include_data: IncludeData = False,
     token: str | None = None,
     private: bool = False,
     commit_message: str | None = None,
@@ -256,6 +272,9 @@ def push(
         Repository, ``"org/name"`` or ``"user/name"``.
     key
         Key of the model in ``adata.uns``.
+    include_data
+        Also upload the reference data, full (``True``) or ``"minified"`` (see :func:`save`);
+        :func:`pull_data` downloads it.
     token
         Hugging Face token (``None``: the one saved by ``hf auth login`` or ``HF_TOKEN``).
     private
@@ -273,10 +292,11 @@ def push(
 
     payload = get_payload(adata, key)
     decode(payload, key)
+    data = _shared_data(adata, key, include_data)
     message = commit_message or f"Upload cellvi {payload['model']} model"
     with tempfile.TemporaryDirectory(prefix="cellvi-hub-") as tmp:
         folder = Path(tmp)
-        _write_folder(payload, folder, license=license, repo_id=repo_id)
+        _write_folder(payload, folder, license=license, repo_id=repo_id, data=data)
         api = huggingface_hub.HfApi(token=token)
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
@@ -318,6 +338,40 @@ def pull(
     -------
     As :func:`load`: ``None`` with ``adata`` (sets ``adata.uns[key]``), else the payload dict.
     """
+    folder = _download(repo_id, revision, cache_dir, local_files_only, ALLOW_PATTERNS)
+    return _load(folder, adata, key, source=f"the Hub repository {repo_id!r}")
+
+
+def pull_data(
+    repo_id: str,
+    *,
+    key: str = "scvi",
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+) -> AnnData:
+    """Download a model and the reference data pushed with it (``include_data=``).
+
+    Parameters
+    ----------
+    repo_id
+        Repository, ``"org/name"``.
+    key
+        Key in ``.uns`` to put the model under.
+    revision, cache_dir, local_files_only
+        As in :func:`pull`.
+
+    Returns
+    -------
+    The reference data with the model in ``.uns[key]``, as :func:`load_data` gives it.
+    """
+    patterns = [*ALLOW_PATTERNS, DATA_FILE]
+    folder = _download(repo_id, revision, cache_dir, local_files_only, patterns)
+    return _load_data(folder, key, source=f"the Hub repository {repo_id!r}")
+
+
+def _download(repo_id, revision, cache_dir, local_files_only, patterns: list[str]) -> Path:
+    """The snapshot folder of ``repo_id`` holding only files matching ``patterns``."""
     import huggingface_hub
 
     try:
@@ -326,7 +380,7 @@ def pull(
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
-            allow_patterns=ALLOW_PATTERNS,
+            allow_patterns=patterns,
         )
     except FileNotFoundError as err:  # huggingface_hub's LocalEntryNotFoundError is one
         where = f"revision {revision!r}" if revision else "the default branch"
@@ -341,4 +395,4 @@ def pull(
             f"revision and cache_dir, or pull it once with network access "
             f"(`cv.hub.pull({repo_id!r})`)."
         ) from err
-    return _load(Path(folder), adata, key, source=f"the Hub repository {repo_id!r}")
+    return Path(folder)

@@ -35,7 +35,10 @@ def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> list[str]:
     return lines + [f"| {name} | {value} |" for name, value in rows]
 
 
-def model_card(config: dict[str, Any], license: str, repo_id: str | None) -> str:
+def model_card(
+    config: dict[str, Any], license: str, repo_id: str | None, *, data: str | None = None
+) -> str:
+    """The model card; ``data`` says what ``adata.h5ad`` holds (``"full"``, ``"minified"``)."""
     model = str(config["model"])
     registry = config["registry"]
     tags = list(dict.fromkeys(["cellvi", "single-cell", "scvi", model, "rna"]))
@@ -79,8 +82,28 @@ def model_card(config: dict[str, Any], license: str, repo_id: str | None) -> str
     versions = config.get("versions") or {}
     if versions:
         body += ["## Versions", "", *_table(list(versions.items()), ("package", "version")), ""]
+    body += _shared_data(data, repo_id)
     body += _how_to_load(repo_id, int(registry["n_vars"]))
     return "\n".join(front + body) + "\n"
+
+
+def _shared_data(data: str | None, repo_id: str | None) -> list[str]:
+    if data is None:
+        return []
+    what = (
+        "the reference cells without their counts: each cell's latent posterior (mean and "
+        "variance) and library size, enough to embed, normalise and decode them again"
+        if data == "minified"
+        else "the reference cells with their raw counts in the registered layer"
+    )
+    call = f'cv.hub.pull_data("{repo_id}")' if repo_id else 'cv.hub.load_data("path/to/folder")'
+    return [
+        "## Reference data",
+        "",
+        f"`adata.h5ad` holds {what}, the registered `obs` columns and the latent. "
+        f"`adata = {call}` gives it back with the model in `adata.uns`.",
+        "",
+    ]
 
 
 def _more(items: list, limit: int) -> str:

@@ -1,6 +1,11 @@
 """Plotting (scanpy-style ``cv.pl``): figures only; computations live elsewhere."""
 
+from ._criticism import criticism
 from ._history import training_history
 from ._tune import tune
 
-__all__ = ["training_history", "tune"]
+__all__ = [
+    "criticism",
+    "training_history",
+    "tune",
+]

@@ -13,6 +13,7 @@ from anndata import AnnData
 from .._settings import settings
 from ..data.loader import MinibatchLoader, TensorData
 from ..data.registry import extract_registered_data
+from ..lifecycle.minified import stored_inference, stored_posterior
 from ..lifecycle.payload import decode, to_builtin
 
 
@@ -59,9 +60,17 @@ def load_model(source: AnnData, key: str) -> LoadedModel:
 
 
 def model_data(adata: AnnData, model: LoadedModel) -> TensorData:
-    """The fields of ``adata`` the model needs, checked against the model's registry."""
+    """The fields of ``adata`` the model needs, checked against the model's registry.
+
+    On minified data the stored latent posterior comes along (see
+    :mod:`cellvi.lifecycle.minified`) and :func:`run_inference` uses it instead of the counts.
+    """
     data = extract_registered_data(adata, model.registry, var_names=model.var_names)
-    return TensorData.from_registered(data)
+    tensors = TensorData.from_registered(data)
+    posterior = stored_posterior(adata, model.key)
+    if posterior is not None:
+        tensors.posterior = {k: torch.from_numpy(v) for k, v in posterior.items()}
+    return tensors
 
 
 def inference_device(module: torch.nn.Module) -> torch.device:
@@ -81,7 +90,10 @@ def minibatches(
 
 
 def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -> dict:
-    """``module.inference`` on a minibatch from :func:`minibatches`."""
+    """``module.inference`` on a minibatch from :func:`minibatches` (from the stored posterior
+    on minified data)."""
+    if "qz_m" in mb:
+        return stored_inference(module, mb, deterministic=deterministic)
     return module.inference(
         mb["x"],
         mb["batch"],

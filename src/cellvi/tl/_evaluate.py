@@ -7,6 +7,7 @@ import torch
 from anndata import AnnData
 
 from ..data.loader import MinibatchLoader, TensorData
+from ..lifecycle.minified import require_counts
 from ._common import inference_device, load_model, model_data
 
 
@@ -77,5 +78,6 @@ def scvi_evaluate(
     ``reconstruction_error`` (``-E_q[log p(x | z)]``), ``kl`` (KL divergence of the posterior
     from the prior, latent and library), and ``n_cells``.
     """
+    require_counts(adata, key, "cv.tl.scvi_evaluate")
     model = load_model(adata if model_from is None else model_from, key)
     return evaluate_module(model.module, model_data(adata, model), seed=seed, batch_size=batch_size)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from ..lifecycle.sampling import check_library_size
 from ._common import (
     compute_latent,
     inference_device,
@@ -137,14 +138,7 @@ def scvi_normalize(
     """
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
-    if isinstance(library_size, str):
-        if library_size != "latent":
-            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}.")
-    elif not (np.isfinite(library_size) and library_size > 0):
-        raise ValueError(
-            f"library_size must be a positive number (counts per cell, e.g. 1e4) or 'latent', "
-            f"got {library_size!r}."
-        )
+    check_library_size(library_size)
     model = load_model(adata, key)
     codes = _batch_codes(model, transform_batch)
     data = model_data(adata, model)
