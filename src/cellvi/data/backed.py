@@ -23,8 +23,11 @@ from .validation import _bad_masks, _problem_message, _rows_of_entries, _Tally
 
 #: Entries read per block when scanning the whole matrix (float32 + int32: 128 MiB a block).
 SCAN_ENTRIES = 2**24
-#: A read covers at most this many consecutive rows; rows further apart are read separately.
+#: A read covers at most this many consecutive rows ...
 MAX_SPAN_ROWS = 4096
+#: ... and skips at most this many unneeded rows between two needed ones (a separate read costs
+#: about as much as reading a few dozen rows).
+MAX_GAP_ROWS = 32
 
 
 def is_backed(matrix: object) -> bool:
@@ -90,10 +93,11 @@ class BackedCounts:
         """The given sorted, distinct rows as CSR, read in spans of nearby rows."""
         if len(rows) == 0:
             return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
-        # a new span starts where a row is more than MAX_SPAN_ROWS past the current span start
+        # a new span starts after a long gap, or MAX_SPAN_ROWS past the current span's start
         cuts, first = [0], rows[0]
-        for i in np.flatnonzero(np.diff(rows) > 0) + 1:
-            if rows[i] - first >= MAX_SPAN_ROWS:
+        gaps = np.diff(rows)
+        for i in np.flatnonzero(gaps > 1) + 1:
+            if gaps[i - 1] > MAX_GAP_ROWS + 1 or rows[i] - first >= MAX_SPAN_ROWS:
                 cuts.append(i)
                 first = rows[i]
         cuts.append(len(rows))
