@@ -11,7 +11,7 @@ import torch
 import cellvi as cv
 import cellvi.data.backed as backed_module
 import cellvi.data.chunked_loader as chunked_module
-from cellvi.data.backed import BackedCounts, BackedData
+from cellvi.data.backed import BackedData
 from cellvi.data.chunked_loader import ChunkedLoader
 from cellvi.data.loader import TensorData
 from cellvi.data.registry import REGISTRY_KEY, extract_registered_data, registries_equal
