@@ -1,4 +1,4 @@
-"""One timed scVI training epoch on a synthetic data set, in a fresh process (see bench_scale.py).
+"""One timed scVI training epoch (or its first steps) on a synthetic data set, in a fresh process (see bench_scale.py).
 
 Runs in cellvi's environment (``--tool cellvi`` / ``cellvi-backed``) or in scvi-tools' own
 (``--tool scvi``), imports only what that tool needs, and writes one JSON record: seconds of the
@@ -11,31 +11,49 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-EPOCH: dict[str, float] = {}
+TIMES: dict[str, float] = {}
 
 
-def _epoch_hooks(cls) -> None:
-    """Record the wall time of each training epoch by wrapping the plan's epoch hooks."""
-    start, end = cls.on_train_epoch_start, cls.on_train_epoch_end
+def _time_steps(steps: int, warmup: int) -> None:
+    """Time the training steps of every Lightning Trainer of this process (either tool's) from
+    step ``warmup`` (the first ones pay one-off costs) to the end of the first epoch, which
+    ends after ``steps`` steps when ``steps`` > 0.
 
-    def on_start(self, *a, **k):
-        EPOCH["start"] = time.perf_counter()
-        return start(self, *a, **k)
+    Both tools build a :class:`lightning.pytorch.Trainer`, so the same limit applies to both.
+    """
+    import lightning.pytorch as pl
 
-    def on_end(self, *a, **k):
-        EPOCH.setdefault("seconds", []).append(time.perf_counter() - EPOCH["start"])
-        return end(self, *a, **k)
+    class StepTimer(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == warmup:
+                TIMES["start"] = time.perf_counter()
 
-    cls.on_train_epoch_start, cls.on_train_epoch_end = on_start, on_end
+        def on_train_epoch_end(self, trainer, pl_module):
+            if "seconds" not in TIMES:
+                TIMES["seconds"] = time.perf_counter() - TIMES["start"]
+                TIMES["steps"] = trainer.num_training_batches - warmup
+
+    init = pl.Trainer.__init__
+
+    def timed_init(self, *args, **kwargs):
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StepTimer()]
+        if steps:
+            kwargs["limit_train_batches"] = steps
+        init(self, *args, **kwargs)
+
+    pl.Trainer.__init__ = timed_init
 
 
 def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    """High-water mark of this process's resident memory (VmHWM; ru_maxrss would include the
+    parent's before exec)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 2**20  # kB
 
 
 def run_cellvi(args, phases: dict) -> dict:
@@ -44,11 +62,9 @@ def run_cellvi(args, phases: dict) -> dict:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import cellvi as cv
-    from cellvi.train.plan import TrainingPlan
 
     torch.set_num_threads(args.threads)
     cv.settings.progress_bar = False
-    _epoch_hooks(TrainingPlan)
     t = time.perf_counter()
     adata = ad.read_h5ad(args.path, backed="r" if args.tool == "cellvi-backed" else None)
     phases["load"] = time.perf_counter() - t
@@ -68,11 +84,9 @@ def run_scvi(args, phases: dict) -> dict:
     import anndata as ad
     import scvi
     import torch
-    from scvi.train import TrainingPlan
 
     torch.set_num_threads(args.threads)
     scvi.settings.seed = 0
-    _epoch_hooks(TrainingPlan)
     t = time.perf_counter()
     adata = ad.read_h5ad(args.path)
     phases["load"] = time.perf_counter() - t
@@ -99,17 +113,23 @@ def main() -> None:
     p.add_argument("--path", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, default=0, help="stop each epoch after this many steps")
+    p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     phases: dict = {}
+    _time_steps(args.steps, args.warmup_steps)
     start = time.perf_counter()
     info = (run_scvi if args.tool == "scvi" else run_cellvi)(args, phases)
     record = {
         "tool": args.tool,
         "path": args.path,
         "epochs": args.epochs,
-        "epoch_seconds": EPOCH.get("seconds", []),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "timed_steps": TIMES.get("steps"),
+        "timed_seconds": TIMES.get("seconds"),
         "phase_seconds": phases,
         "peak_rss_gib": _peak_rss_gib(),
         "total_wall_seconds": time.perf_counter() - start,

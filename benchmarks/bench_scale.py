@@ -132,7 +132,8 @@ def run(tool: str, path: Path, args) -> dict:
     python = args.scvi_python if tool == "scvi" else sys.executable
     out = RESULTS / f"scale_{path.stem}_{tool}.json"
     command = [python, str(WORKER), "--tool", tool, "--path", str(path), "--out", str(out)]
-    command += ["--threads", str(args.threads), "--epochs", "1"]
+    command += ["--threads", str(args.threads), "--epochs", "1", "--steps", str(args.steps)]
+    command += ["--warmup-steps", str(args.warmup_steps)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -144,6 +145,8 @@ def main() -> None:
     p.add_argument("--density", type=float, default=0.09)
     p.add_argument("--tools", nargs="+", default=["scvi", "cellvi", "cellvi-backed"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=0, help="0: a full epoch")
+    p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument(
         "--scvi-python", default=os.environ.get("SCVI_PYTHON", "/work/venv-scvi/bin/python")
     )
@@ -156,8 +159,9 @@ def main() -> None:
         gib, density = csr_gib(path)
         for tool in args.tools:
             record = run(tool, path, args) | {"n_cells": n, "csr_gib": gib, "density": density}
-            seconds = record["epoch_seconds"][0]
-            record["cells_per_s"] = n / seconds
+            timed_cells = record["timed_steps"] * record["batch_size"]
+            record["cells_per_s"] = timed_cells / record["timed_seconds"]
+            record["epoch_seconds"] = seconds = n / record["cells_per_s"]
             rows.append(record)
             print(
                 f"{n:>9,} cells  {tool:<13} epoch {seconds:7.1f} s  {n / seconds:8,.0f} cells/s  "

@@ -132,5 +132,9 @@ def test_scvi_train_backed_matches_in_memory(adata, tmp_path, monkeypatch):
     assert on_disk == pytest.approx(in_memory, rel=0.02)
     assert backed.obsm["X_scvi"].shape == (adata.n_obs, 10) and backed.isbacked
     assert not np.allclose(backed.obsm["X_scvi"], adata.obsm["X_scvi"])  # chunked order differs
+    # applying the model reads the backed cells in order: same result as from memory
+    from_disk = cv.tl.scvi_evaluate(backed)
+    from_memory = cv.tl.scvi_evaluate(adata, model_from=backed)
+    assert from_disk["elbo"] == pytest.approx(from_memory["elbo"], rel=1e-6)
     with pytest.raises(ValueError, match="copy=True.*to_memory"):
         cv.tl.scvi_train(backed, max_epochs=1, copy=True)
