@@ -256,13 +256,14 @@ def test_mudata_not_supported(make_adata):
         setup_registry(mdata)
 
 
-def test_backed_refused(tmp_path, make_adata):
+def test_backed_copy_refused_before_anything_changes(tmp_path, make_adata):
     path = tmp_path / "backed.h5ad"
     make_adata().write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
     try:
-        with pytest.raises(ValueError, match=r"backed.*adata.to_memory\(\)"):
-            setup_registry(backed)
+        with pytest.raises(ValueError, match=r"backed.*copy=True.*adata.to_memory\(\)"):
+            setup_registry(backed, copy=True)
+        assert REGISTRY_KEY not in backed.uns
     finally:
         backed.file.close()
 

@@ -296,11 +296,11 @@ def test_train_rejects_empty_latent(registered):
     _raises(ValueError, ["n_latent"], cv.tl.scvi_train, registered, **TINY | {"n_latent": 0})
 
 
-def test_several_devices_are_refused_clearly(registered):
+def test_several_devices_without_ddp_are_refused_clearly(registered):
     _raises(
         ValueError,
-        ["devices", "not supported yet"],
+        ["strategy='dp'", "DDP", "ddp_spawn"],
         cv.tl.scvi_train,
         registered,
-        **TINY | {"devices": 2},
+        **TINY | {"devices": 2, "strategy": "dp", "accelerator": "cpu"},
     )

@@ -19,6 +19,7 @@ from ._fields import (
     size_factor_values,
 )
 from ._format import check_registry, str_list
+from .backed import BackedCounts, backed_count_stats, is_backed
 from .validation import check_matrix_type, matrix_source, validate_counts
 
 __all__ = ["RegisteredData", "extract_registered_data"]
@@ -35,7 +36,8 @@ class RegisteredData:
     X
         Counts (cells × genes): a CSR matrix (float32 values, int32 indices unless it has more
         than 2**31 - 1 entries) if the source is sparse, else a C-contiguous float32 array. May
-        share memory with the AnnData: do not modify it.
+        share memory with the AnnData: do not modify it. For a backed AnnData, a
+        :class:`~cellvi.data.backed.BackedCounts` reader of the file instead.
     batch
         Batch code of each cell (int64, ``(n_cells,)``), following the registered categories.
     labels
@@ -48,7 +50,7 @@ class RegisteredData:
         Size factor of each cell (float32, ``(n_cells,)``), or ``None`` when not registered.
     """
 
-    X: sparse.csr_matrix | sparse.csr_array | np.ndarray
+    X: sparse.csr_matrix | sparse.csr_array | np.ndarray | BackedCounts
     batch: np.ndarray
     labels: np.ndarray
     cat_covs: np.ndarray
@@ -112,11 +114,17 @@ def extract_registered_data(
     size_factor = None
     if size_factor_key:
         size_factor = size_factor_values(adata, size_factor_key).astype(np.float32)
-    if validate:
-        validate_counts(matrix, source=matrix_source(layer), available_layers=list(adata.layers))
+    source = matrix_source(layer)
+    if is_backed(matrix):  # stays on disk; read in row ranges by BackedData
+        X = BackedCounts(matrix, source=source)
+        if validate:
+            backed_count_stats(X, source=source, available_layers=adata.layers)
+    elif validate:
+        validate_counts(matrix, source=source, available_layers=list(adata.layers))
+        X = _as_float32(matrix)
     else:
-        check_matrix_type(matrix, source=matrix_source(layer))
-    X = _as_float32(matrix)
+        check_matrix_type(matrix, source=source)
+        X = _as_float32(matrix)
     return RegisteredData(X, batch, labels, cat_covs, cont_covs, size_factor)
 
 

@@ -9,14 +9,19 @@ entries, which the likelihood uses to skip work on zero counts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..utils.distributed import world_and_rank
+
 MIN_BATCH_CELLS = 3  # BatchNorm needs more than one cell; a tiny last batch joins the previous one
+# log(x!) is summed over pieces of this many entries, so that its float64 temporaries stay small
+_LGAMMA_CHUNK = 2**22
 
 
 @dataclass
@@ -40,8 +45,13 @@ class TensorData:
 
     @classmethod
     def from_registered(cls, data) -> TensorData:
-        """Wrap a :class:`~cellvi.data.registry.RegisteredData`."""
+        """Wrap a :class:`~cellvi.data.registry.RegisteredData` (counts still on disk give a
+        :class:`~cellvi.data.backed.BackedData`, which reads them as needed)."""
         X = data.X
+        if not isinstance(X, np.ndarray) and not sp.issparse(X):
+            from .backed import BackedData  # imports this module
+
+            return BackedData(data, X)
         fields = {
             "n_cells": X.shape[0],
             "n_vars": X.shape[1],
@@ -66,6 +76,33 @@ class TensorData:
             fields["log_x_factorial"] = torch.lgamma(dense + 1.0).sum(1)
         return cls(**fields)
 
+    def __getstate__(self) -> dict:
+        # pickled as numpy arrays (e.g. for spawned training processes): torch would move every
+        # tensor to shared memory first, which fails for empty ones (no covariates)
+        return {
+            k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all tensors (what moving the data to a device would allocate there)."""
+        tensors = (getattr(self, f.name) for f in fields(self))
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    def to(self, device: torch.device | str) -> TensorData:
+        """The same data with every tensor on ``device`` (no copy for the device it is on), so
+        that minibatches are gathered there without host-to-device transfers."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
     def gather(self, rows: torch.Tensor, *, dense_x: bool = True) -> dict[str, torch.Tensor]:
         """The minibatch of the given cell indices, as a dict of tensors.
 
@@ -73,6 +110,7 @@ class TensorData:
         ``nz_values``; the dense ``x`` is built only when ``dense_x`` (training needs only the
         non-zeros).
         """
+        rows = rows.to(self.batch.device)
         out = {
             "batch": self.batch.index_select(0, rows),
             "labels": self.labels.index_select(0, rows),
@@ -89,16 +127,17 @@ class TensorData:
             return out
         starts = self.indptr.index_select(0, rows).long()
         counts = self.indptr.index_select(0, rows + 1).long() - starts
-        local_rows = torch.repeat_interleave(torch.arange(len(rows)), counts)
+        device = self.indptr.device
+        local_rows = torch.repeat_interleave(torch.arange(len(rows), device=device), counts)
         # position in the CSR arrays of the k-th gathered entry: k - (entries before its row
         # in the batch) + (start of its row in the CSR)
         shift = (starts - (torch.cumsum(counts, 0) - counts)).index_select(0, local_rows)
-        pos = torch.arange(len(local_rows)).add_(shift)
+        pos = torch.arange(len(local_rows), device=device).add_(shift)
         cols = self.indices.index_select(0, pos).long()
         values = self.values.index_select(0, pos)
         out.update(nz_rows=local_rows, nz_cols=cols, nz_values=values)
         if dense_x:
-            x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32)
+            x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32, device=device)
             out["x"] = x.index_copy_(0, local_rows * self.n_vars + cols, values).view(
                 len(rows), self.n_vars
             )
@@ -107,10 +146,23 @@ class TensorData:
 
 def _log_factorial_rows_sparse(indptr: np.ndarray, values: np.ndarray) -> torch.Tensor:
     """Per-cell sum of log(x!) over the non-zero entries (zeros contribute log 0! = 0)."""
-    terms = torch.lgamma(torch.from_numpy(values).double() + 1.0).numpy()
-    sums = np.add.reduceat(terms, indptr[:-1]) if len(terms) else np.zeros(len(indptr) - 1)
-    sums[np.diff(indptr) == 0] = 0.0  # reduceat repeats the next value for empty rows
-    return torch.from_numpy(sums.astype(np.float32))
+    # blocks of whole rows with about _LGAMMA_CHUNK entries each: a float64 copy of all values
+    # at once would double the memory the matrix takes
+    indptr = np.asarray(indptr, dtype=np.int64)
+    n_rows = len(indptr) - 1
+    sums = np.zeros(n_rows, dtype=np.float32)
+    targets = np.arange(_LGAMMA_CHUNK, indptr[-1], _LGAMMA_CHUNK)
+    cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets), [n_rows]]))
+    for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+        lo, hi = indptr[r0], indptr[r1]
+        if hi == lo:
+            continue
+        piece = torch.from_numpy(values[lo:hi]).to(torch.float64, copy=True)
+        terms = piece.add_(1.0).lgamma_().numpy()
+        starts = indptr[r0:r1] - lo
+        filled = indptr[r0 + 1 : r1 + 1] > indptr[r0:r1]  # empty rows keep their sum of 0
+        sums[r0:r1][filled] = np.add.reduceat(terms, starts[filled])
+    return torch.from_numpy(sums)
 
 
 class MinibatchLoader:
@@ -132,6 +184,9 @@ class MinibatchLoader:
     dense_x
         Also build the dense count matrix of each minibatch from sparse data (not needed for
         training, where the non-zero entries suffice).
+    shard
+        In a distributed run (an initialised ``torch.distributed`` process group), give each
+        process its own share of the cells; see :meth:`epoch_order`.
     """
 
     def __init__(
@@ -143,6 +198,7 @@ class MinibatchLoader:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         dense_x: bool = True,
+        shard: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
@@ -152,9 +208,21 @@ class MinibatchLoader:
         self.shuffle = shuffle
         self.generator = generator
         self.dense_x = dense_x
+        self.shard = shard
+        self._passes = 0
+        self._shared_seed: int | None = None
+
+    def _n_cells(self) -> int:
+        """Cells this process covers in one pass."""
+        world, rank = world_and_rank() if self.shard else (1, 0)
+        n = len(self.indices)
+        if world == 1:
+            return n
+        # training shards are padded to equal sizes (equal steps on every process)
+        return math.ceil(n / world) if self.shuffle else len(range(rank, n, world))
 
     def _bounds(self) -> list[tuple[int, int]]:
-        n = len(self.indices)
+        n = self._n_cells()
         starts = list(range(0, n, self.batch_size))
         bounds = [(s, min(s + self.batch_size, n)) for s in starts]
         if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_BATCH_CELLS:
@@ -165,10 +233,33 @@ class MinibatchLoader:
     def __len__(self) -> int:
         return len(self._bounds())
 
+    def _permutation(self, generator: torch.Generator | None) -> torch.Tensor:
+        """The covered cells in a random order."""
+        return self.indices[torch.randperm(len(self.indices), generator=generator)]
+
+    def epoch_order(self) -> torch.Tensor:
+        """The cells of this pass, in the order this process visits them.
+
+        Single process: all cells, reshuffled with ``generator`` when ``shuffle``. Distributed
+        (``shard=True``): every process computes the same permutation, from a seed drawn once
+        from ``generator`` plus the pass number, and takes every ``world_size``-th cell from its
+        rank on; with ``shuffle`` the order is first padded by wrapping around so that all
+        processes get the same number of cells (as :class:`torch.utils.data.DistributedSampler`).
+        """
+        world, rank = world_and_rank() if self.shard else (1, 0)
+        if world == 1:
+            return self._permutation(self.generator) if self.shuffle else self.indices
+        if not self.shuffle:
+            return self.indices[rank::world]
+        if self._shared_seed is None:  # the generators of all processes are in the same state
+            self._shared_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        order = self._permutation(torch.Generator().manual_seed(self._shared_seed + self._passes))
+        self._passes += 1
+        padded = math.ceil(len(order) / world) * world
+        return order[torch.arange(padded) % len(order)][rank::world]
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.indices
-        if self.shuffle:
-            order = order[torch.randperm(len(order), generator=self.generator)]
+        order = self.epoch_order()
         for start, stop in self._bounds():
             yield self.data.gather(order[start:stop], dense_x=self.dense_x)
 

@@ -49,6 +49,7 @@ from ._format import (
     registries_equal,
     str_array,
 )
+from .backed import BackedCounts, backed_count_stats, is_backed
 from .validation import (
     cell_totals,
     count_zero_genes,
@@ -230,11 +231,17 @@ def _register_counts(
 ) -> dict:
     """Registry fields describing the counts; validates them, then warns about odd data."""
     source = matrix_source(layer)
-    n_zero = validate_counts(matrix, source=source, available_layers=list(adata.layers))
+    if is_backed(matrix):  # one pass over blocks of rows read from the file
+        n_zero, totals, n_zero_genes = backed_count_stats(
+            BackedCounts(matrix, source=source), source=source, available_layers=adata.layers
+        )
+    else:
+        n_zero = validate_counts(matrix, source=source, available_layers=list(adata.layers))
+        totals, n_zero_genes = cell_totals(matrix), count_zero_genes(matrix)
     codes = category_codes(adata, batch_key or "", batch_categories, role="batch_key")
-    means, variances = _library_log_stats(cell_totals(matrix), codes, batch_categories.size)
+    means, variances = _library_log_stats(totals, codes, batch_categories.size)
     warn_zero_count_cells(n_zero, n_cells=adata.n_obs)
-    warn_zero_genes(count_zero_genes(matrix), n_vars=adata.n_vars)
+    warn_zero_genes(n_zero_genes, n_vars=adata.n_vars)
     if batch_key:
         _warn_single_cell_batches(codes, batch_categories, batch_key)
     return {

@@ -33,7 +33,9 @@ def setup_registry(
     Parameters
     ----------
     adata
-        Annotated data matrix with raw counts (in memory; backed mode is not supported yet).
+        Annotated data matrix with raw counts, in memory or backed
+        (``anndata.read_h5ad(path, backed="r")``, CSR or dense ``X`` in an ``.h5ad`` file):
+        backed counts are validated in blocks of rows and never loaded as a whole.
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     batch_key
@@ -55,10 +57,12 @@ def setup_registry(
     :mod:`cellvi.data.registry`) as ``adata.uns["cellvi_registry"]``.
     """
     check_anndata(adata)
-    if adata.isbacked:
+    if adata.isbacked and (copy or adata.is_view):
         raise ValueError(
-            "adata is backed (opened from a file); cellvi needs it in memory for now: "
-            "load it with `adata = adata.to_memory()`."
+            "adata is backed (opened from a file with backed='r') and "
+            f"{'copy=True' if copy else 'a view'} would need the whole matrix in memory: "
+            "register the backed AnnData itself (`cv.pp.setup_registry(adata, ...)`), or load it "
+            "with `adata = adata.to_memory()` first."
         )
     registry = build_registry(
         adata,

@@ -18,7 +18,14 @@ from ..data.registry import extract_registered_data, get_registry
 from ..lifecycle.payload import encode
 from ..models.scvi_codec import build_module
 from ..train.plan import TrainingPlan
-from ..train.trainer import default_kl_warmup, default_max_epochs, fit, resolve_precision
+from ..train.trainer import (
+    default_kl_warmup,
+    default_max_epochs,
+    fit,
+    resolve_devices,
+    resolve_precision,
+)
+from ..utils.distributed import is_main_process
 from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
 from ._common import compute_latent
@@ -88,6 +95,8 @@ def scvi_train(
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
     callbacks: Sequence[pl.Callback] | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -153,9 +162,15 @@ def scvi_train(
         likelihood, KL and all evaluation stay float32; held-out ELBO measured equal to
         float32 training to 4 digits), elsewhere and on GPUs ``"32-true"``. The value used is
         recorded in ``params``; pass ``"32-true"`` for float32 throughout.
-    accelerator, devices
-        Passed to :class:`lightning.pytorch.Trainer` (``"auto"`` uses a GPU when present).
-        One device for now: ``devices="auto"`` means one, several devices raise an error.
+    accelerator, devices, strategy, num_nodes
+        Passed to :class:`lightning.pytorch.Trainer` (``accelerator="auto"`` uses a GPU when
+        present; ``devices="auto"`` means one device). With several devices or nodes, each
+        process trains on its own share of the cells with Lightning's DDP:
+        ``strategy="ddp_spawn"`` (what ``"auto"`` picks then) starts the processes from this
+        one, also in a notebook, and brings the trained model back here; ``"ddp"`` suits
+        scripts, ``torchrun`` and ``srun``, where every process runs the script and only the
+        process of global rank 0 writes results (see :func:`cellvi.utils.is_main_process`).
+        See the scaling guide.
     callbacks
         Extra :class:`lightning.pytorch.Callback` objects for the trainer (e.g. the pruning
         callback of :func:`cellvi.tl.tune`). They are not recorded in ``params``.
@@ -184,6 +199,12 @@ def scvi_train(
         early_stopping or reduce_lr_on_plateau,
         precision,
     )
+    resolve_devices(devices, strategy, num_nodes)
+    if copy and adata.isbacked:
+        raise ValueError(
+            "copy=True would load the whole backed AnnData into memory: train the backed AnnData "
+            "itself (results go to its .obsm and .uns), or load it with `adata.to_memory()`."
+        )
     registry = get_registry(adata)
     seed = settings.seed if seed is None else int(seed)
     generator = seed_everything(seed)
@@ -228,8 +249,13 @@ def scvi_train(
         progress_bar=settings.progress_bar,
         description=f"scVI ({key_added})",
         precision=precision,
+        strategy=strategy,
+        num_nodes=num_nodes,
         callbacks=callbacks,
     )
+    if not is_main_process():
+        logger.info("    trained; results are kept by the process of global rank 0 only")
+        return None
     module = plan.module.cpu().eval()
     latent = compute_latent(module, data)
     metrics = _final_metrics(module, data, val_idx, seed)

@@ -22,6 +22,9 @@ NAN_HINT = (
 )
 
 
+_SUMS = ("reconstruction", "kl_local", "n")
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -88,8 +91,8 @@ class TrainingPlan(pl.LightningModule):
             (terms.kl_z + terms.kl_library).detach().sum(),
             float(terms.reconstruction.shape[0]),
         )
-        acc = self._sums.setdefault(prefix, {"reconstruction": 0.0, "kl_local": 0.0, "n": 0.0})
-        for name, value in zip(("reconstruction", "kl_local", "n"), values, strict=True):
+        acc = self._sums.setdefault(prefix, dict.fromkeys(_SUMS, 0.0))
+        for name, value in zip(_SUMS, values, strict=True):
             acc[name] = acc[name] + value
 
     def training_step(self, batch, batch_idx):
@@ -126,9 +129,13 @@ class TrainingPlan(pl.LightningModule):
         sums = self._sums.pop(prefix, None)
         if not sums:
             return {}
-        n = float(sums["n"])
-        rec = float(sums["reconstruction"]) / n
-        kl = float(sums["kl_local"]) / n
+        totals = torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float64, device=self.device) for k in _SUMS]
+        )
+        if self.trainer.world_size > 1:  # each process saw its own share of the cells
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        rec_sum, kl_sum, n = totals.tolist()
+        rec, kl = rec_sum / n, kl_sum / n
         return {
             f"elbo_{prefix}": -(rec + kl),
             f"reconstruction_{prefix}": rec,
@@ -138,7 +145,15 @@ class TrainingPlan(pl.LightningModule):
     def _record(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
-            self.log(name, value, prog_bar=name.startswith("elbo"), on_epoch=True)
+            # values are already summed over processes: syncing them is a no-op that keeps
+            # Lightning from warning about unsynchronised epoch metrics
+            self.log(
+                name,
+                value,
+                prog_bar=name.startswith("elbo"),
+                on_epoch=True,
+                sync_dist=self.trainer.world_size > 1,
+            )
 
     def on_train_epoch_end(self) -> None:
         metrics = self._epoch_metrics("train")
@@ -157,6 +172,14 @@ class TrainingPlan(pl.LightningModule):
         self._record(metrics)
         if self.reduce_lr_on_plateau:
             self.lr_schedulers().step(metrics["elbo_validation"])
+
+    # -- state that travels with the weights ----------------------------------------------------
+    def get_extra_state(self) -> dict:
+        """The history, so that it comes back with the weights from spawned worker processes."""
+        return {"history": {k: list(v) for k, v in self.history.items()}}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.history = {k: [float(x) for x in v] for k, v in state.get("history", {}).items()}
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -12,8 +13,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
+from ..data.backed import BackedData
+from ..data.chunked_loader import ChunkedLoader
 from ..data.loader import MinibatchLoader, TensorData
-from .callbacks import EpochProgressBar
+from .callbacks import DeviceResidentData, EpochProgressBar
 from .plan import TrainingPlan
 
 #: Cell passes a default-length run aims for (``max_epochs`` = this / n_cells, within bounds).
@@ -59,6 +62,52 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return "bf16-mixed" if not on_gpu and cpu_has_native_bf16() else "32-true"
 
 
+def resolve_devices(devices, strategy: str, num_nodes: int = 1) -> tuple:
+    """``devices`` and ``strategy`` for the Lightning trainer.
+
+    ``devices="auto"`` means one device (Lightning would start one process per visible GPU);
+    several devices or nodes with ``strategy="auto"`` use ``"ddp_spawn"``. Strategies that
+    would not shard the cells (e.g. ``"dp"``, DeepSpeed, FSDP) are refused.
+    """
+    if devices == "auto":
+        devices = 1
+    n_devices = len(devices) if isinstance(devices, list | tuple) else int(devices)
+    if n_devices == -1 or n_devices > 1 or num_nodes > 1:
+        if strategy == "auto":
+            strategy = "ddp_spawn"
+        name = strategy if isinstance(strategy, str) else type(strategy).__name__.lower()
+        if not name.startswith("ddp"):
+            raise ValueError(
+                f"strategy={strategy!r}: cellvi trains on several devices with Lightning's DDP "
+                'strategies only; use strategy="ddp_spawn" (works in notebooks) or "ddp" '
+                "(scripts, torchrun, srun)."
+            )
+    return devices, strategy
+
+
+def _training_loader(data, indices, batch_size: int, generator) -> MinibatchLoader:
+    """Shuffled minibatches of the training cells; counts on disk are read chunk by chunk."""
+    options = {"batch_size": batch_size, "generator": generator, "dense_x": False, "shard": True}
+    if isinstance(data, BackedData):
+        return ChunkedLoader(data, indices, **options)
+    return MinibatchLoader(data, indices, shuffle=True, **options)
+
+
+@contextlib.contextmanager
+def _tensor_sharing_for(strategy):
+    """Spawned processes receive tensors through shared memory; the default way (passing file
+    descriptors) fails in some containers, so named shared-memory files are used meanwhile."""
+    if not (isinstance(strategy, str) and "spawn" in strategy):
+        yield
+        return
+    previous = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        torch.multiprocessing.set_sharing_strategy(previous)
+
+
 def fit(
     plan: TrainingPlan,
     data: TensorData,
@@ -76,42 +125,36 @@ def fit(
     progress_bar: bool = True,
     description: str = "training",
     precision: str = "32-true",
+    strategy: str = "auto",
+    num_nodes: int = 1,
     callbacks: Sequence[pl.Callback] | None = None,
 ) -> TrainingPlan:
     """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
     (every epoch when early stopping or LR-on-plateau needs it, never when ``None``).
+
+    With several devices or nodes, each process trains on its own share of the cells (see
+    :meth:`~cellvi.data.loader.MinibatchLoader.epoch_order`) and gradients are averaged by
+    Lightning's DDP; ``strategy="auto"`` then means ``"ddp_spawn"``, which also works from
+    notebooks and brings the trained weights back to the calling process.
     ``callbacks`` are added to the trainer's own (progress bar, early stopping)."""
-    train = MinibatchLoader(
-        data,
-        train_indices,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        dense_x=False,
-    )
+    devices, strategy = resolve_devices(devices, strategy, num_nodes)
+    train = _training_loader(data, train_indices, batch_size, generator)
     has_val = len(validation_indices) > 0
     needs_val = early_stopping or plan.reduce_lr_on_plateau
     if needs_val and not has_val:
         raise ValueError(
             "early_stopping / reduce_lr_on_plateau need validation cells: use train_size < 1."
         )
-    # the minibatch loader does not shard cells across processes yet, so "auto" means one
-    # device (Lightning would otherwise start one process per visible GPU)
-    if devices == "auto":
-        devices = 1
-    elif devices not in (1, [0], "1"):
-        raise ValueError(
-            f"devices={devices!r}: training on several devices is not supported yet; "
-            "use devices=1 (the default picks one GPU when there is one)."
-        )
     every = 1 if needs_val else check_val_every_n_epoch
     val = None
     if has_val and every:
         val = MinibatchLoader(
-            data, validation_indices, batch_size=max(batch_size, 1024), dense_x=False
+            data, validation_indices, batch_size=max(batch_size, 1024), dense_x=False, shard=True
         )
     extra_callbacks = list(callbacks or ())
-    callbacks = [EpochProgressBar(description)] if progress_bar else []
+    callbacks = [DeviceResidentData([train, val])]
+    if progress_bar:
+        callbacks.append(EpochProgressBar(description))
     if early_stopping:
         callbacks.append(
             EarlyStopping(
@@ -128,6 +171,8 @@ def fit(
         max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -138,7 +183,7 @@ def fit(
         limit_val_batches=1.0 if val is not None else 0,
         precision=resolve_precision(precision, accelerator),
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _tensor_sharing_for(strategy):
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_data.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
