@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 ENCODING_TYPE = "cellvi-model"
-PAYLOAD_VERSION = "1.0.0"
+PAYLOAD_VERSION = "1.1.0"  # 1.1: optional ``partial`` (training stopped early)
 SUPPORTED_MAJOR = 1
 
 

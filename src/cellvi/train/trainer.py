@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from ..data.loader import MinibatchLoader, TensorData
 from .callbacks import EpochProgressBar
+from .checkpoint import CheckpointSetup
+from .interrupt import InterruptCheck, TrainingInterrupted, catch_interrupt
 from .plan import TrainingPlan
 
 #: Cell passes a default-length run aims for (``max_epochs`` = this / n_cells, within bounds).
@@ -75,9 +77,13 @@ def fit(
     progress_bar: bool = True,
     description: str = "training",
     precision: str = "32-true",
+    checkpoint: CheckpointSetup | None = None,
 ) -> TrainingPlan:
     """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
-    (every epoch when early stopping or LR-on-plateau needs it, never when ``None``)."""
+    (every epoch when early stopping or LR-on-plateau needs it, never when ``None``).
+
+    ``checkpoint`` saves (and resumes from) pickle-free checkpoints. Ctrl-C stops training
+    after the current step with :class:`~cellvi.train.interrupt.TrainingInterrupted`."""
     train = MinibatchLoader(
         data,
         train_indices,
@@ -117,6 +123,8 @@ def fit(
                 min_delta=0.0,
             )
         )
+    if checkpoint is not None:
+        callbacks.append(checkpoint.callback(generator))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     trainer = pl.Trainer(
@@ -124,7 +132,7 @@ def fit(
         accelerator=accelerator,
         devices=devices,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpoint is not None,  # our own Checkpoint callback, if any
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
         callbacks=callbacks,
@@ -132,10 +140,15 @@ def fit(
         check_val_every_n_epoch=every or 1,
         limit_val_batches=1.0 if val is not None else 0,
         precision=resolve_precision(precision, accelerator),
+        plugins=[checkpoint.io] if checkpoint is not None else None,
     )
-    with warnings.catch_warnings():
+    resume_path = checkpoint.resume_path if checkpoint is not None else None
+    with warnings.catch_warnings(), catch_interrupt() as interrupt:
+        trainer.callbacks.append(InterruptCheck(interrupt))
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_data.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-        trainer.fit(plan, train_dataloaders=train, val_dataloaders=val)
+        trainer.fit(plan, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_path)
+    if interrupt.raised:  # pressed after the last step: training is complete, honour it anyway
+        raise TrainingInterrupted("training interrupted by Ctrl-C")
     return plan
