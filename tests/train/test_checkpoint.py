@@ -157,3 +157,27 @@ def test_corrupted_checkpoint_is_refused_clearly(registered, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match=r"is a file; pass a folder"):
         cv.tl.scvi_train(registered, checkpoint_dir=tmp_path / "file", **FAST)
+
+
+def test_resume_of_an_early_stopped_run_trains_nothing(registered, tmp_path, monkeypatch):
+    original = TrainingPlan._epoch_metrics
+
+    def worsening(self, prefix):  # the validation ELBO gets worse every epoch: stop at epoch 3
+        metrics = original(self, prefix)
+        if prefix == "validation" and metrics:
+            metrics["elbo_validation"] = -float(self.current_epoch)
+        return metrics
+
+    monkeypatch.setattr(TrainingPlan, "_epoch_metrics", worsening)
+    options = FAST | {"early_stopping": True, "early_stopping_patience": 2, "max_epochs": 10}
+    folder = tmp_path / "ck"
+    first = cv.tl.scvi_train(registered, copy=True, checkpoint_dir=folder, **options)
+    assert first.uns["scvi"]["history"]["epoch"].tolist() == [1.0, 2.0, 3.0]
+    steps = []
+    step = TrainingPlan.training_step
+    monkeypatch.setattr(
+        TrainingPlan, "training_step", lambda s, b, i: steps.append(i) or step(s, b, i)
+    )
+    again = cv.tl.scvi_train(registered, copy=True, checkpoint_dir=folder, resume=True, **options)
+    assert steps == []
+    np.testing.assert_array_equal(again.uns["scvi"]["weights"], first.uns["scvi"]["weights"])

@@ -92,3 +92,20 @@ def test_nan_error_carries_the_last_finite_model(registered, monkeypatch):
     with pytest.warns(UserWarning, match=r"non-finite loss"):
         cv.tl.scvi_embed(registered)
     assert np.isfinite(registered.obsm["X_scvi"]).all()
+
+
+def test_ctrl_c_after_the_last_step_keeps_the_complete_model_and_still_stops(
+    registered, monkeypatch
+):
+    original = TrainingPlan.validation_step
+
+    def validate_and_press(self, batch, batch_idx):
+        if self.current_epoch == FAST["max_epochs"] - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(TrainingPlan, "validation_step", validate_and_press)
+    with pytest.raises(KeyboardInterrupt):
+        cv.tl.scvi_train(registered, check_val_every_n_epoch=1, **FAST)
+    assert "partial" not in registered.uns["scvi"] and "X_scvi" in registered.obsm
+    assert len(registered.uns["scvi"]["history"]["epoch"]) == FAST["max_epochs"]

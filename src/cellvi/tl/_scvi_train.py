@@ -252,7 +252,7 @@ def scvi_train(
             checkpoint=checkpoint,
         )
     except TrainingInterrupted:
-        partial = _keep_last_epoch(plan, "interrupted", max_epochs)
+        interrupted, partial = True, _keep_last_epoch(plan, "interrupted", max_epochs)
     except NonFiniteLossError as err:
         # the plan restored the weights of the last finite epoch; hand them to the caller
         if plan.last_good_state is not None:
@@ -264,7 +264,7 @@ def scvi_train(
             )
         raise
     else:
-        partial = None
+        interrupted, partial = False, None
     module = plan.module.cpu().eval()
     latent = compute_latent(module, data)
     payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
@@ -284,6 +284,7 @@ def scvi_train(
             UserWarning,
             stacklevel=2,
         )
+    if interrupted:  # after writing what was kept, Ctrl-C still stops the caller's script
         raise KeyboardInterrupt
     return adata if copy else None
 

@@ -214,9 +214,12 @@ class EpochCheckpoint(Checkpoint):
             trainer.save_checkpoint(self.path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        epochs = trainer.current_epoch + 1
         checkpoint["cellvi"] = {
             "run": self.run,
-            "epochs_completed": trainer.current_epoch + 1,
+            "epochs_completed": epochs,
+            # early stopping ends a run without a trace in Lightning's loop state
+            "finished": bool(trainer.should_stop or epochs >= (trainer.max_epochs or 0)),
             "rng": rng_states(self.generator),
             "history": {k: list(v) for k, v in pl_module.history.items()},
         }
@@ -230,6 +233,7 @@ class EpochCheckpoint(Checkpoint):
         # run can draw from them and shift the resumed run away from an uninterrupted one
         if self._restored is not None:
             set_rng_states(self._restored["rng"], self.generator)
+            trainer.should_stop = trainer.should_stop or self._restored.get("finished", False)
             pl_module.last_good_state = {
                 k: v.detach().clone() for k, v in pl_module.module.state_dict().items()
             }
