@@ -35,6 +35,7 @@ def test_file_round_trip_keeps_types_without_pickle(tmp_path):
         "flags": [True, None, "x", 3],
         "mt": np.arange(5, dtype=np.uint32),
     }
+    state["view"] = state["weights"]["a.weight"][1]  # shares memory with a.weight
     path = tmp_path / "c.safetensors"
     ckpt.write_checkpoint(state, path)
     back = ckpt.read_checkpoint(path)
@@ -42,6 +43,7 @@ def test_file_round_trip_keeps_types_without_pickle(tmp_path):
     assert list(back["opt"]["state"]) == [0] and back["opt"]["betas"] == (0.9, 0.999)
     assert back["best"] == float("-inf") and back["flags"] == [True, None, "x", 3]
     assert back["mt"].dtype == np.uint32 and back["mt"].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(back["view"], state["weights"]["a.weight"][1])
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left
     with pytest.raises(TypeError, match=r"checkpoint/obj is a object.*no pickle"):
         ckpt.write_checkpoint({"obj": object()}, path)

@@ -43,7 +43,13 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
         return value.item()
     if isinstance(value, torch.Tensor):
         name = f"t{len(tensors)}"
-        tensors[name] = value.detach().cpu().clone().contiguous()  # clone: no shared storage
+        tensor = value.detach().cpu().contiguous()
+        # safetensors refuses tensors that share memory; copy only those (copying all is slow)
+        if tensor.untyped_storage().data_ptr() in {
+            t.untyped_storage().data_ptr() for t in tensors.values()
+        }:
+            tensor = tensor.clone()
+        tensors[name] = tensor
         return {"tensor": name}
     if isinstance(value, np.ndarray):
         # safetensors has no unsigned 32-bit type: store widened, restore the dtype on reading
