@@ -254,14 +254,10 @@ def scvi_train(
     except TrainingInterrupted:
         interrupted, partial = True, _keep_last_epoch(plan, "interrupted", max_epochs)
     except NonFiniteLossError as err:
-        # the plan restored the weights of the last finite epoch; hand them to the caller
-        if plan.last_good_state is not None:
+        if plan.last_good_state is not None:  # the plan restored the last finite epoch's weights
             partial = {"reason": "non-finite loss", **_epochs(plan, max_epochs)}
-            err.payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
-            err.args = (
-                f"{err.args[0]} The model of that epoch is attached to this error: "
-                f"`adata.uns[{key_added!r}] = err.payload` stores it (marked partial).",
-            )
+            payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
+            _attach(err, payload, key_added)
         raise
     else:
         interrupted, partial = False, None
@@ -276,17 +272,30 @@ def scvi_train(
         f"    finished in {time.perf_counter() - start:.1f}s: added 'X_{key_added}' "
         f"(adata.obsm) and the model (adata.uns[{key_added!r}])"
     )
-    if partial is not None:
-        warnings.warn(
-            f"Training was interrupted after {partial['epochs_completed']} of {max_epochs} "
-            f"epochs; the model of epoch {partial['epochs_completed']} is in "
-            f"adata.uns[{key_added!r}], marked partial.",
-            UserWarning,
-            stacklevel=2,
-        )
     if interrupted:  # after writing what was kept, Ctrl-C still stops the caller's script
+        _warn_partial(partial, key_added)
         raise KeyboardInterrupt
     return adata if copy else None
+
+
+def _attach(err: NonFiniteLossError, payload: dict[str, Any], key_added: str) -> None:
+    """Hand the model of the last finite epoch to the caller on the error."""
+    err.payload = payload
+    err.args = (
+        f"{err.args[0]} The model of that epoch is attached to this error: "
+        f"`adata.uns[{key_added!r}] = err.payload` stores it (marked partial).",
+    )
+
+
+def _warn_partial(partial: dict | None, key_added: str) -> None:
+    if partial is not None:
+        done, total = partial["epochs_completed"], partial["max_epochs"]
+        warnings.warn(
+            f"Training was interrupted after {done} of {total} epochs; the model of epoch "
+            f"{done} is in adata.uns[{key_added!r}], marked partial.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _payload(plan, data, adata, registry, params, val_idx, start, partial) -> dict[str, Any]:
