@@ -94,6 +94,14 @@ def test_fixture_embed_reproduces_stored_latent(stored):
     np.testing.assert_allclose(stored.obsm["X_again"], stored.obsm["X_scvi"], rtol=1e-5, atol=1e-6)
 
 
+def test_fixture_1_1_0_reads_and_reproduces_its_latent():
+    stored = ad.read_h5ad(FIXTURE.with_name("scvi_payload_v1_1_0.h5ad"))
+    payload = stored.uns["scvi"]
+    assert payload["encoding-version"] == "1.1.0" and set(payload) == FIELDS_1_0_0
+    cv.tl.scvi_embed(stored, key_added="again")
+    np.testing.assert_allclose(stored.obsm["X_again"], stored.obsm["X_scvi"], rtol=1e-5, atol=1e-6)
+
+
 def test_fixture_evaluate_reproduces_stored_validation_elbo(stored):
     result = cv.tl.scvi_evaluate(stored)
     assert np.isfinite(result["elbo"]) and result["elbo"] < 0 and result["n_cells"] == 60
