@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 
 import cellvi as cv
 from cellvi.lifecycle import hub as hub_impl
-from cellvi.lifecycle.payload import array_to_state_dict, to_builtin
+from cellvi.lifecycle.payload import PAYLOAD_VERSION, array_to_state_dict, to_builtin
 
 FILES = {"model.safetensors", "config.json", "README.md"}
 
@@ -63,7 +63,9 @@ def test_save_writes_exactly_three_files_with_the_raw_weights(trained, folder):
     assert (folder / "model.safetensors").read_bytes() == payload["weights"].tobytes()
     config = json.loads((folder / "config.json").read_text())
     assert "weights" not in config
-    assert config["encoding-type"] == "cellvi-model" and config["encoding-version"] == "1.0.0"
+    assert (
+        config["encoding-type"] == "cellvi-model" and config["encoding-version"] == PAYLOAD_VERSION
+    )
     assert config["model"] == "scvi" and config["params"]["n_hidden"] == 16
     assert config["var_names"] == list(trained.var_names)
     assert config["registry"]["batch_categories"] == ["b0", "b1"]

@@ -28,6 +28,7 @@ from cellvi.lifecycle.payload import (
 )
 from cellvi.models.scvi import SCVIModule
 from cellvi.tl._common import load_model
+from cellvi.tl._scvi_train import RUN_OPTIONS
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tl" / "data" / "scvi_payload_v1_0_0.h5ad"
 
@@ -93,6 +94,14 @@ def test_fixture_embed_reproduces_stored_latent(stored):
     np.testing.assert_allclose(stored.obsm["X_again"], stored.obsm["X_scvi"], rtol=1e-5, atol=1e-6)
 
 
+def test_fixture_1_1_0_reads_and_reproduces_its_latent():
+    stored = ad.read_h5ad(FIXTURE.with_name("scvi_payload_v1_1_0.h5ad"))
+    payload = stored.uns["scvi"]
+    assert payload["encoding-version"] == "1.1.0" and set(payload) == FIELDS_1_0_0
+    cv.tl.scvi_embed(stored, key_added="again")
+    np.testing.assert_allclose(stored.obsm["X_again"], stored.obsm["X_scvi"], rtol=1e-5, atol=1e-6)
+
+
 def test_fixture_evaluate_reproduces_stored_validation_elbo(stored):
     result = cv.tl.scvi_evaluate(stored)
     assert np.isfinite(result["elbo"]) and result["elbo"] < 0 and result["n_cells"] == 60
@@ -107,7 +116,7 @@ def test_fixture_evaluate_reproduces_stored_validation_elbo(stored):
 def test_fixture_params_are_accepted_by_scvi_train(stored):
     params = to_builtin(stored.uns["scvi"]["params"])
     signature = set(inspect.signature(cv.tl.scvi_train).parameters)
-    assert set(params) <= signature - {"adata", "copy"}
+    assert set(params) <= signature - {"adata", "copy", *RUN_OPTIONS}
     assert params["n_hidden"] == 8 and params["n_latent"] == 3 and params["max_epochs"] == 2
     # the recorded arguments are accepted back as they are and are recorded unchanged
     retrained = cv.tl.scvi_train(stored, copy=True, **params)
@@ -120,8 +129,7 @@ def test_params_are_exactly_the_non_none_train_arguments(stored):
     given = {"n_hidden": 8, "n_latent": 2, "max_epochs": 2, "gradient_clip_val": 0.5, "seed": 7}
     cv.tl.scvi_train(stored, key_added="mine", check_val_every_n_epoch=1, **given)
     params = to_builtin(stored.uns["mine"]["params"])
-    # callbacks are run-time hooks (e.g. tuning's pruning), not model settings
-    assert set(params) == set(signature) - {"adata", "copy", "callbacks"}
+    assert set(params) == set(signature) - {"adata", "copy", *RUN_OPTIONS}
     assert params["key_added"] == "mine" and params["check_val_every_n_epoch"] == 1
     assert {k: params[k] for k in given} == given
     assert params["n_epochs_kl_warmup"] == 1  # the resolved default, not None
@@ -130,7 +138,7 @@ def test_params_are_exactly_the_non_none_train_arguments(stored):
     assert set(signature) - set(params) == {
         "adata",
         "copy",
-        "callbacks",
+        *RUN_OPTIONS,
         "check_val_every_n_epoch",
         "gradient_clip_val",
     }

@@ -119,6 +119,18 @@ def _library_log_stats(
     return means, squares / n_cells
 
 
+def _check_unique_genes(adata: AnnData) -> None:
+    """Genes are matched by name (new data, query mapping), so names must be unique."""
+    names = adata.var_names
+    if names.has_duplicates:
+        duplicated = names[names.duplicated()].unique()
+        raise ValueError(
+            f"adata.var_names has {duplicated.size:,} duplicated gene name(s) "
+            f"({quoted_list(duplicated, limit=5)}); genes are matched by name, so make them "
+            "unique with `adata.var_names_make_unique()` (or aggregate the duplicates)."
+        )
+
+
 def _warn_single_cell_batches(codes: np.ndarray, categories: np.ndarray, key: str) -> None:
     singles = categories[np.bincount(codes, minlength=categories.size) == 1]
     if singles.size:
@@ -182,6 +194,7 @@ def build_registry(
     _check_roles(roles)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"adata has {adata.n_obs} cells and {adata.n_vars} genes; need both.")
+    _check_unique_genes(adata)
     matrix = count_matrix(adata, layer)
     registry = _register_obs(adata, batch_key, labels_key, cat_keys, cont_keys)
     if size_factor_key is not None:
@@ -238,6 +251,11 @@ def _register_counts(
     else:
         n_zero = validate_counts(matrix, source=source, available_layers=list(adata.layers))
         totals, n_zero_genes = cell_totals(matrix), count_zero_genes(matrix)
+    if n_zero == adata.n_obs:
+        raise ValueError(
+            f"adata.{source} has no counts at all (all {n_zero:,} cells are zero); pass the "
+            f"layer that holds the raw counts (layers: {quoted_list(adata.layers)})."
+        )
     codes = category_codes(adata, batch_key or "", batch_categories, role="batch_key")
     means, variances = _library_log_stats(totals, codes, batch_categories.size)
     warn_zero_count_cells(n_zero, n_cells=adata.n_obs)

@@ -29,7 +29,9 @@ __all__ = [
 # Scans work on pieces of this many entries so that their temporary masks stay small
 # (a few hundred MB at most) even for dense matrices with billions of entries.
 _CHUNK_ENTRIES = 2**24
-_KINDS = ("NaN", "infinite", "negative", "non-integer")
+_KINDS = ("NaN", "infinite", "negative", "non-integer", "too large")
+# float32, in which models see counts, stores integers exactly up to 2**24 only
+_MAX_COUNT = 2**24
 _ACCEPTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Largest value of log1p-transformed data in practice is ~12; normalised-only data goes far higher.
 _LOG_SCALE_MAX = 50.0
@@ -170,14 +172,16 @@ class _Tally:
             self.extremes[kind] = max(self.extremes.get(kind, -np.inf), float(values.max()))
         elif kind == "negative":
             self.extremes[kind] = min(self.extremes.get(kind, np.inf), float(values.min()))
+        elif kind == "too large":
+            self.extremes[kind] = max(self.extremes.get(kind, -np.inf), float(values.max()))
 
 
 def _bad_masks(values: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean masks of the entries of `values` that are not valid counts, by kind."""
     if values.dtype.kind == "u":
-        return {}
+        return {"too large": values > _MAX_COUNT}
     if values.dtype.kind == "i":
-        return {"negative": values < 0}
+        return {"negative": values < 0, "too large": values > _MAX_COUNT}
     nan = np.isnan(values)
     inf = np.isinf(values)
     return {
@@ -185,6 +189,7 @@ def _bad_masks(values: np.ndarray) -> dict[str, np.ndarray]:
         "infinite": inf,
         "negative": (values < 0) & ~inf,
         "non-integer": (values != np.floor(values)) & ~nan & ~inf,
+        "too large": (values > _MAX_COUNT) & ~inf,
     }
 
 
@@ -223,6 +228,12 @@ def _rows_of_entries(matrix: sparse.spmatrix, positions: np.ndarray) -> np.ndarr
 
 def _problem_message(tally: _Tally, *, source: str, available_layers: Sequence[str]) -> str:
     details = "; ".join(_describe(kind, tally) for kind in _KINDS if kind in tally.entries)
+    if set(tally.entries) == {"too large"}:
+        return (
+            f"{source} has counts above {_MAX_COUNT:,} ({details}), more than float32 (in which "
+            "cellvi models counts) stores exactly and far more than one cell yields; check that "
+            f"adata.{source} holds the raw counts of single cells (not summed or scaled values)."
+        )
     fix = _fix_hint(source, available_layers)
     return (
         f"{source} {_headline(tally)} ({details}); cellvi needs raw counts (non-negative "
@@ -247,6 +258,8 @@ def _describe(kind: str, tally: _Tally) -> str:
         extreme = f" up to {tally.extremes[kind]:.4g}"
     elif kind == "negative":
         extreme = f" down to {tally.extremes[kind]:.4g}"
+    elif kind == "too large":
+        extreme = f" up to {tally.extremes[kind]:,.0f}"
     n_entries = _plural(tally.entries[kind], "entry", "entries")
     n_cells = _plural(int(np.count_nonzero(tally.rows[kind])), "cell", "cells")
     return f"{kind} values{extreme} in {n_entries} of {n_cells}"

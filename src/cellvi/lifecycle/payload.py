@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 ENCODING_TYPE = "cellvi-model"
-PAYLOAD_VERSION = "1.0.0"
+PAYLOAD_VERSION = "1.1.0"  # 1.1: optional ``partial`` (training stopped early)
 SUPPORTED_MAJOR = 1
 
 
@@ -144,7 +144,9 @@ def decode(payload: Mapping[str, Any], key: str) -> torch.nn.Module:
     check_payload(payload, key)
     codec = _CODECS[str(payload["model"])]
     try:
-        module = codec.build(to_builtin({k: v for k, v in payload.items() if k != "weights"}))
+        # the initial weights are replaced below: drawing them must not move the global RNG
+        with torch.random.fork_rng(devices=[]):
+            module = codec.build(to_builtin({k: v for k, v in payload.items() if k != "weights"}))
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ValueError(
             f"The model in `.uns[{key!r}]` cannot be rebuilt from its params, registry and "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,14 @@ def load_model(source: AnnData, key: str) -> LoadedModel:
     """Rebuild the model stored in ``source.uns[key]`` (weights bit-identical)."""
     payload = get_payload(source, key)
     module = decode(payload, key)
+    if "partial" in payload:
+        partial = to_builtin(payload["partial"])
+        warnings.warn(
+            f"The model in .uns[{key!r}] is partial: its training stopped ({partial['reason']}) "
+            f"after {partial['epochs_completed']} of {partial['max_epochs']} epochs.",
+            UserWarning,
+            stacklevel=3,
+        )
     return LoadedModel(
         key=key,
         module=module,

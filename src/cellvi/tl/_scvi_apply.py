@@ -105,6 +105,7 @@ def scvi_normalize(
     library_size: float | str = 1e4,
     n_samples: int = 1,
     batch_size: int = 1024,
+    seed: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Denoised, normalised expression from the scVI model in ``adata.uns[key]``.
@@ -128,6 +129,9 @@ def scvi_normalize(
         many posterior samples.
     batch_size
         Cells per forward pass.
+    seed
+        Seed of the posterior samples (``n_samples > 1``), so that repeated calls agree; the
+        global random state is left as it was.
     copy
         Return a copy instead of writing to ``adata``.
 
@@ -144,10 +148,12 @@ def scvi_normalize(
     data = model_data(adata, model)
     device = inference_device(model.module)
     module = model.module.to(device).eval()
-    parts = [
-        _normalized(module, mb, codes, library_size, int(n_samples)).float().cpu()
-        for mb in minibatches(data, device, batch_size)
-    ]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        parts = [
+            _normalized(module, mb, codes, library_size, int(n_samples)).float().cpu()
+            for mb in minibatches(data, device, batch_size)
+        ]
     layer_added = layer_added or f"{key}_normalized"
     adata = adata.copy() if copy else adata
     adata.layers[layer_added] = np.ascontiguousarray(torch.cat(parts).numpy())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -17,7 +20,9 @@ from ..data.loader import TensorData, train_validation_split
 from ..data.registry import extract_registered_data, get_registry
 from ..lifecycle.payload import encode
 from ..models.scvi_codec import build_module
-from ..train.plan import TrainingPlan
+from ..train.checkpoint import CheckpointSetup, prepare_checkpoint
+from ..train.interrupt import TrainingInterrupted, deferred_interrupt
+from ..train.plan import NonFiniteLossError, TrainingPlan
 from ..train.trainer import (
     default_kl_warmup,
     default_max_epochs,
@@ -35,6 +40,8 @@ logger = logging.getLogger("cellvi")
 
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+#: Arguments that say how to run the training, not what to train: not recorded in ``params``.
+RUN_OPTIONS = ("checkpoint_dir", "checkpoint_every", "resume", "callbacks")
 
 
 def _check_training_args(
@@ -97,6 +104,9 @@ def scvi_train(
     devices: int | str = "auto",
     strategy: str = "auto",
     num_nodes: int = 1,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
     callbacks: Sequence[pl.Callback] | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -171,6 +181,16 @@ def scvi_train(
         scripts, ``torchrun`` and ``srun``, where every process runs the script and only the
         process of global rank 0 writes results (see :func:`cellvi.utils.is_main_process`).
         See the scaling guide.
+    checkpoint_dir
+        Folder for a training checkpoint (``None``: none). Every `checkpoint_every` epochs and
+        after the last one, the weights, optimizer state, epoch, history and random number
+        generator states are written there as one safetensors file (no pickle).
+    checkpoint_every
+        Epochs between checkpoints.
+    resume
+        Continue from the checkpoint in `checkpoint_dir` (same arguments and data required);
+        start from scratch when there is none. A resumed run gives the same model as an
+        uninterrupted one. Without `resume`, an existing checkpoint is an error.
     callbacks
         Extra :class:`lightning.pytorch.Callback` objects for the trainer (e.g. the pruning
         callback of :func:`cellvi.tl.tune`). They are not recorded in ``params``.
@@ -186,9 +206,12 @@ def scvi_train(
     ``adata.uns[key_added]``
         The model payload: ``params``, ``registry``, ``var_names``, ``weights``
         (safetensors bytes), ``history``, ``validation_indices``, ``metrics``, ``versions``,
-        ``session_info`` and the format version (see the payload specification).
+        ``session_info`` and the format version (see the payload specification). A model
+        whose training was stopped by Ctrl-C also has ``partial`` (reason, epochs completed);
+        it holds the weights of the last completed epoch, and ``KeyboardInterrupt`` is raised
+        after it is written.
     """
-    params = {k: v for k, v in locals().items() if k not in ("adata", "copy", "callbacks")}
+    params = {k: v for k, v in locals().items() if k not in ("adata", "copy", *RUN_OPTIONS)}
     start = time.perf_counter()
     _check_training_args(
         max_epochs,
@@ -221,6 +244,9 @@ def scvi_train(
         max_epochs=max_epochs, n_epochs_kl_warmup=int(warmup), seed=seed, precision=precision
     )
     train_idx, val_idx = train_validation_split(data.n_cells, train_size, generator)
+    checkpoint = _checkpoint_setup(
+        checkpoint_dir, checkpoint_every, resume, params, adata, registry
+    )
     logger.info(
         f"training scVI on {data.n_cells:,} cells x {data.n_vars:,} genes "
         f"({len(val_idx):,} held out for validation), {max_epochs} epochs"
@@ -233,55 +259,124 @@ def scvi_train(
         reduce_lr_on_plateau=reduce_lr_on_plateau,
         gradient_clip_val=gradient_clip_val,
     )
-    fit(
-        plan,
-        data,
-        train_indices=train_idx,
-        validation_indices=val_idx,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        generator=generator,
-        early_stopping=early_stopping,
-        early_stopping_patience=early_stopping_patience,
-        check_val_every_n_epoch=check_val_every_n_epoch,
-        accelerator=accelerator,
-        devices=devices,
-        progress_bar=settings.progress_bar,
-        description=f"scVI ({key_added})",
-        precision=precision,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        callbacks=callbacks,
-    )
+    try:
+        fit(
+            plan,
+            data,
+            train_indices=train_idx,
+            validation_indices=val_idx,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            generator=generator,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=settings.progress_bar,
+            description=f"scVI ({key_added})",
+            precision=precision,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            callbacks=callbacks,
+            checkpoint=checkpoint,
+        )
+    except TrainingInterrupted:
+        interrupted, partial = True, _keep_last_epoch(plan, "interrupted", max_epochs)
+    except NonFiniteLossError as err:
+        if plan.last_good_state is not None:  # the plan restored the last finite epoch's weights
+            partial = {"reason": "non-finite loss", **_epochs(plan, max_epochs)}
+            payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
+            _attach(err, payload, key_added)
+        raise
+    else:
+        interrupted, partial = False, None
     if not is_main_process():
         logger.info("    trained; results are kept by the process of global rank 0 only")
         return None
     module = plan.module.cpu().eval()
     latent = compute_latent(module, data)
-    metrics = _final_metrics(module, data, val_idx, seed)
-    payload = encode(
-        "scvi",
-        module.cpu(),
-        params=params,
-        extra={
-            "registry": registry,
-            "var_names": np.asarray(adata.var_names, dtype=str),
-            "history": {k: np.asarray(v, dtype=np.float64) for k, v in plan.history.items()},
-            "validation_indices": val_idx.astype(np.int64),
-            "metrics": metrics,
-            "training_time_s": float(time.perf_counter() - start),
-            "versions": versions(),
-            "session_info": session_report(),
-        },
-    )
+    payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
     adata = adata.copy() if copy else adata
-    adata.obsm[f"X_{key_added}"] = latent
-    adata.uns[key_added] = payload
+    with deferred_interrupt():  # both fields or neither, whatever the user presses
+        adata.obsm[f"X_{key_added}"] = latent
+        adata.uns[key_added] = payload
     logger.info(
         f"    finished in {time.perf_counter() - start:.1f}s: added 'X_{key_added}' "
         f"(adata.obsm) and the model (adata.uns[{key_added!r}])"
     )
+    if interrupted:  # after writing what was kept, Ctrl-C still stops the caller's script
+        _warn_partial(partial, key_added)
+        raise KeyboardInterrupt
     return adata if copy else None
+
+
+def _attach(err: NonFiniteLossError, payload: dict[str, Any], key_added: str) -> None:
+    """Hand the model of the last finite epoch to the caller on the error."""
+    err.payload = payload
+    err.args = (
+        f"{err.args[0]} The model of that epoch is attached to this error: "
+        f"`adata.uns[{key_added!r}] = err.payload` stores it (marked partial).",
+    )
+
+
+def _warn_partial(partial: dict | None, key_added: str) -> None:
+    if partial is not None:
+        done, total = partial["epochs_completed"], partial["max_epochs"]
+        warnings.warn(
+            f"Training was interrupted after {done} of {total} epochs; the model of epoch "
+            f"{done} is in adata.uns[{key_added!r}], marked partial.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _payload(plan, data, adata, registry, params, val_idx, start, partial) -> dict[str, Any]:
+    """The ``.uns`` payload of the trained (or partially trained) module."""
+    module = plan.module.cpu().eval()
+    extra = {
+        "registry": registry,
+        "var_names": np.asarray(adata.var_names, dtype=str),
+        "history": {k: np.asarray(v, dtype=np.float64) for k, v in plan.history.items()},
+        "validation_indices": val_idx.astype(np.int64),
+        "metrics": _final_metrics(module, data, val_idx, params["seed"]),
+        "training_time_s": float(time.perf_counter() - start),
+        "versions": versions(),
+        "session_info": session_report(),
+        "partial": partial,  # None (left out) for a complete training
+    }
+    return encode("scvi", module, params=params, extra=extra)
+
+
+def _epochs(plan: TrainingPlan, max_epochs: int) -> dict[str, int]:
+    return {"epochs_completed": len(plan.history.get("epoch", [])), "max_epochs": max_epochs}
+
+
+def _keep_last_epoch(plan: TrainingPlan, reason: str, max_epochs: int) -> dict | None:
+    """After Ctrl-C: back to the weights of the last completed epoch, or re-raise if none."""
+    epochs = _epochs(plan, max_epochs)
+    if epochs["epochs_completed"] >= max_epochs:
+        return None  # Ctrl-C came after the last step: the model is complete
+    if plan.last_good_state is None:
+        raise KeyboardInterrupt  # no epoch finished: nothing worth keeping, adata unchanged
+    plan.module.load_state_dict(plan.last_good_state)
+    return {"reason": reason, **epochs}
+
+
+def _checkpoint_setup(
+    checkpoint_dir, checkpoint_every, resume, params, adata, registry
+) -> CheckpointSetup | None:
+    if checkpoint_dir is None:
+        if resume:
+            raise ValueError("resume=True needs checkpoint_dir=<the folder of the checkpoint>.")
+        return None
+    digest = hashlib.sha1(usedforsecurity=False)
+    for values in (adata.var_names, registry["batch_categories"], registry["library_log_means"]):
+        digest.update(repr(np.asarray(values).tolist()).encode())
+    run = dict(params, n_cells=int(adata.n_obs), data_sha1=digest.hexdigest())
+    return prepare_checkpoint(
+        checkpoint_dir, every_n_epochs=checkpoint_every, resume=resume, run=run
+    )
 
 
 def _final_metrics(module, data: TensorData, val_idx: np.ndarray, seed: int) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from ..data.backed import BackedData
 from ..data.chunked_loader import ChunkedLoader
 from ..data.loader import MinibatchLoader, TensorData
 from .callbacks import DeviceResidentData, EpochProgressBar
+from .checkpoint import CheckpointSetup
+from .interrupt import InterruptCheck, TrainingInterrupted, catch_interrupt
 from .plan import TrainingPlan
 
 #: Cell passes a default-length run aims for (``max_epochs`` = this / n_cells, within bounds).
@@ -128,6 +130,7 @@ def fit(
     strategy: str = "auto",
     num_nodes: int = 1,
     callbacks: Sequence[pl.Callback] | None = None,
+    checkpoint: CheckpointSetup | None = None,
 ) -> TrainingPlan:
     """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
     (every epoch when early stopping or LR-on-plateau needs it, never when ``None``).
@@ -136,7 +139,9 @@ def fit(
     :meth:`~cellvi.data.loader.MinibatchLoader.epoch_order`) and gradients are averaged by
     Lightning's DDP; ``strategy="auto"`` then means ``"ddp_spawn"``, which also works from
     notebooks and brings the trained weights back to the calling process.
-    ``callbacks`` are added to the trainer's own (progress bar, early stopping)."""
+    ``callbacks`` are added to the trainer's own (progress bar, early stopping).
+    ``checkpoint`` saves (and resumes from) pickle-free checkpoints. Ctrl-C stops training
+    after the current step with :class:`~cellvi.train.interrupt.TrainingInterrupted`."""
     devices, strategy = resolve_devices(devices, strategy, num_nodes)
     train = _training_loader(data, train_indices, batch_size, generator)
     has_val = len(validation_indices) > 0
@@ -164,6 +169,8 @@ def fit(
                 min_delta=0.0,
             )
         )
+    if checkpoint is not None:
+        callbacks.append(checkpoint.callback(generator))
     callbacks.extend(extra_callbacks)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
@@ -174,7 +181,7 @@ def fit(
         strategy=strategy,
         num_nodes=num_nodes,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpoint is not None,  # our own Checkpoint callback, if any
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
         callbacks=callbacks,
@@ -182,10 +189,15 @@ def fit(
         check_val_every_n_epoch=every or 1,
         limit_val_batches=1.0 if val is not None else 0,
         precision=resolve_precision(precision, accelerator),
+        plugins=[checkpoint.io] if checkpoint is not None else None,
     )
-    with warnings.catch_warnings(), _tensor_sharing_for(strategy):
+    resume_path = checkpoint.resume_path if checkpoint is not None else None
+    with warnings.catch_warnings(), _tensor_sharing_for(strategy), catch_interrupt() as interrupt:
+        trainer.callbacks.append(InterruptCheck(interrupt))
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_data.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-        trainer.fit(plan, train_dataloaders=train, val_dataloaders=val)
+        trainer.fit(plan, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_path)
+    if interrupt.raised:  # pressed after the last step: training is complete, honour it anyway
+        raise TrainingInterrupted("training interrupted by Ctrl-C")
     return plan
