@@ -164,9 +164,20 @@ def differential_expression(
         pseudocount = 0.1 / max(float(np.median(totals)), 1.0)
     batch_codes = list(range(int(model.registry["n_batch"]))) if batch_correction else None
     tables = _compare(
-        model.module, data, codes, present, tested, reference, int(n_samples), seed,
-        batch_codes, batch_size, mode=mode, delta=float(delta), pseudocount=float(pseudocount),
-    )  # fmt: skip
+        model.module,
+        data,
+        codes,
+        present,
+        tested,
+        reference,
+        int(n_samples),
+        seed,
+        batch_codes,
+        batch_size,
+        mode=mode,
+        delta=float(delta),
+        pseudocount=float(pseudocount),
+    )
     pts, pts_rest = (
         pd.DataFrame(frac, index=pd.Index(model.var_names))
         for frac in _raw_summaries(registered.X, codes, present, tested, reference, tables)
@@ -176,12 +187,20 @@ def differential_expression(
         table["is_de_fdr"] = table["expected_fdr"] <= fdr_target
         table["names"] = list(model.var_names)
     params = {
-        "groupby": groupby, "reference": reference, "method": f"cellvi_{mode}",
-        "use_raw": False, "key": key, "mode": mode, "delta": float(delta),
-        "fdr_target": float(fdr_target), "batch_correction": bool(batch_correction),
-        "n_samples": int(n_samples), "pseudocount": float(pseudocount), "seed": seed,
+        "groupby": groupby,
+        "reference": reference,
+        "method": f"cellvi_{mode}",
+        "use_raw": False,
+        "key": key,
+        "mode": mode,
+        "delta": float(delta),
+        "fdr_target": float(fdr_target),
+        "batch_correction": bool(batch_correction),
+        "n_samples": int(n_samples),
+        "pseudocount": float(pseudocount),
+        "seed": seed,
         "groups": tested,
-    }  # fmt: skip
+    }
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = rank_genes_groups_layout(tables, params, pts, pts_rest)
     logger.info(
@@ -192,8 +211,19 @@ def differential_expression(
 
 
 @torch.inference_mode()
-def _compare(module, data, codes, present, tested, reference, n_samples, seed, batch_codes,
-             batch_size, **stats_kwargs) -> dict[str, pd.DataFrame]:  # fmt: skip
+def _compare(
+    module,
+    data,
+    codes,
+    present,
+    tested,
+    reference,
+    n_samples,
+    seed,
+    batch_codes,
+    batch_size,
+    **stats_kwargs,
+) -> dict[str, pd.DataFrame]:
     """Statistics of each tested group against its reference."""
     device = inference_device(module)
     module.to(device).eval()

@@ -117,7 +117,9 @@ def map_query(
     _check(model, query, copy, min_gene_overlap, max_epochs)
     overlap = gene_overlap(query, model.var_names, min_gene_overlap)
     layer = str(model.registry["layer"])
-    target = query if genes_match(query, model.var_names) else align_genes(query, model.var_names, layer)  # fmt: skip
+    target = (
+        query if genes_match(query, model.var_names) else align_genes(query, model.var_names, layer)
+    )
     keep_labels = model.params.get("dispersion") == "gene-label"
     registry = extend_registry(model.registry, target, keep_labels=keep_labels)
     data = TensorData.from_registered(
@@ -125,22 +127,32 @@ def map_query(
     )
     seed = settings.seed if seed is None else int(seed)
     n_old = int(model.registry["n_batch"])
-    module, history = _train(model, registry, data, n_old, freeze, max_epochs, batch_size, lr, seed, accelerator)  # fmt: skip
+    module, history = _train(
+        model, registry, data, n_old, freeze, max_epochs, batch_size, lr, seed, accelerator
+    )
     latent = compute_latent(module, data)
     record = {
         "reference_batches": list(registry["batch_categories"][:n_old]),
         "new_batches": list(registry["batch_categories"][n_old:]),
-        "freeze": bool(freeze), "max_epochs": int(len(history.get("epoch", []))),
-        "lr": float(lr), "seed": seed, "gene_overlap": overlap,
-    }  # fmt: skip
+        "freeze": bool(freeze),
+        "max_epochs": int(len(history.get("epoch", []))),
+        "lr": float(lr),
+        "seed": seed,
+        "gene_overlap": overlap,
+    }
     payload = encode(
-        "scvi", module.cpu(), params=model.params,
+        "scvi",
+        module.cpu(),
+        params=model.params,
         extra={
-            "registry": registry, "var_names": np.asarray(model.var_names, dtype=str),
+            "registry": registry,
+            "var_names": np.asarray(model.var_names, dtype=str),
             "history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()},
-            "query_mapping": record, "versions": versions(), "session_info": session_report(),
+            "query_mapping": record,
+            "versions": versions(),
+            "session_info": session_report(),
         },
-    )  # fmt: skip
+    )
     if target is query and copy:
         target = query.copy()
     target.obsm[f"X_{key}"] = latent
@@ -175,10 +187,16 @@ def _train(model, registry, data, n_old, freeze, max_epochs, batch_size, lr, see
     context = frozen_except(module, masks) if freeze else nullcontext()
     with context:
         fit(
-            plan, data, train_indices=np.arange(data.n_cells),
-            validation_indices=np.zeros(0, dtype=np.int64), batch_size=batch_size,
-            max_epochs=int(epochs), generator=generator, accelerator=accelerator,
-            progress_bar=settings.progress_bar, description="scVI query",
+            plan,
+            data,
+            train_indices=np.arange(data.n_cells),
+            validation_indices=np.zeros(0, dtype=np.int64),
+            batch_size=batch_size,
+            max_epochs=int(epochs),
+            generator=generator,
+            accelerator=accelerator,
+            progress_bar=settings.progress_bar,
+            description="scVI query",
             precision=resolve_precision("auto", accelerator),
-        )  # fmt: skip
+        )
     return plan.module.cpu().eval(), plan.history
