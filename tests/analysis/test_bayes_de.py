@@ -27,8 +27,8 @@ def test_constant_shift_gives_exact_lfc_and_probabilities():
     np.testing.assert_allclose(out["lfc_std"], 0.0, atol=1e-5)
     np.testing.assert_array_equal(out["proba_de"], [1.0, 1.0, 0.0, 0.0])
     np.testing.assert_array_equal(out["proba_not_de"], 1.0 - out["proba_de"])
-    # score: log odds of LFC > delta, so up > null > down
-    assert out["score"][0] > 10 and out["score"][1] < -10 and out["score"][2] < -10
+    # score: P(LFC > delta) - P(LFC < -delta), so up (1) > null (0) > down (-1)
+    np.testing.assert_array_equal(out["score"], [1.0, -1.0, 0.0, 0.0])
     assert out["bayes_factor"][0] > 10 and out["bayes_factor"][3] < -10
 
 

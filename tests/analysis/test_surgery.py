@@ -67,7 +67,9 @@ def test_frozen_training_moves_only_new_rows_and_restores_flags():
             optimizer.zero_grad()
             new(mb).loss.backward()
             optimizer.step()
-        assert all(bn.momentum == 0.0 for bn in new.modules() if isinstance(bn, torch.nn.BatchNorm1d))
+        assert all(
+            bn.momentum == 0.0 for bn in new.modules() if isinstance(bn, torch.nn.BatchNorm1d)
+        )
     after = new.state_dict()
     for name, value in before.items():
         if name in masks:

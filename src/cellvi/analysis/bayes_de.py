@@ -55,8 +55,9 @@ def de_statistics(
     Arrays of length ``n_genes``: ``proba_de`` (posterior probability of the tested
     hypothesis: ``|LFC| > delta`` for change; for vanilla the probability of the more likely
     ordering, ``max(P(m1 > m2), P(m1 < m2))``), ``proba_not_de``, ``bayes_factor`` (log odds
-    of ``|LFC| > delta`` for change, of ``m1 > m2`` for vanilla), ``score`` (log odds that
-    expression is higher in group 1: ``LFC > delta`` for change, ``LFC > 0`` for vanilla),
+    of ``|LFC| > delta`` for change, of ``m1 > m2`` for vanilla), ``score`` (probability of
+    up-regulation minus that of down-regulation, ``P(LFC > delta) - P(LFC < -delta)``,
+    with ``delta = 0`` for vanilla: in [-1, 1], up-regulated genes first),
     ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max`` (log2 fold change),
     ``scale1``, ``scale2`` (posterior mean of the normalised expression).
     """
@@ -74,6 +75,7 @@ def de_statistics(
         lfc = (log_scale1 - log_scale2) / _LOG2
     threshold = float(delta) if mode == "change" else 0.0
     up = (lfc > threshold).float().mean(0)
+    down = (lfc < -threshold).float().mean(0)
     if mode == "change":
         proba_de = (lfc.abs() > threshold).float().mean(0)
     else:
@@ -82,7 +84,7 @@ def de_statistics(
     stats = {
         "proba_de": proba_de,
         "bayes_factor": _log_odds(proba_de if mode == "change" else up),
-        "score": _log_odds(up),
+        "score": up - down,
         "lfc_mean": lfc.mean(0),
         "lfc_median": lfc.median(0).values,
         "lfc_std": lfc.std(0),

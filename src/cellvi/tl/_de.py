@@ -136,7 +136,9 @@ def differential_expression(
     ``names``
         Gene names.
     ``scores``
-        Log odds that expression is higher in the group (``LFC > delta`` in change mode).
+        Posterior probability of up-regulation in the group minus that of down-regulation,
+        ``P(LFC > delta) - P(LFC < -delta)`` (``delta = 0`` in vanilla mode), in [-1, 1];
+        ties are ranked by the fold change.
     ``logfoldchanges``
         Posterior mean log2 fold change.
     ``pvals``

@@ -35,7 +35,11 @@ def rank_genes_groups_layout(
 ) -> dict:
     """The ``.uns`` entry: record arrays ordered by decreasing score within each group."""
     groups = list(tables)
-    ordered = {g: t.sort_values("score", ascending=False, kind="stable") for g, t in tables.items()}
+    # saturated probabilities tie: the fold change breaks the tie
+    ordered = {
+        g: t.sort_values(["score", "lfc_mean"], ascending=False, kind="stable")
+        for g, t in tables.items()
+    }
 
     def records(column: str, dtype) -> np.recarray:
         arrays = [ordered[g][column].to_numpy().astype(dtype) for g in groups]
