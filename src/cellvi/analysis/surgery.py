@@ -62,12 +62,16 @@ def frozen_except(module: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator
     """Train only the masked entries of ``module`` while in the context.
 
     Parameters without a mask get ``requires_grad=False`` (optimisers built inside the
-    context skip them); masked ones keep gradients only where the mask is ``True``. BatchNorm
-    running statistics keep the reference's values (momentum 0). Train with zero weight
-    decay: Adam's decay acts on every entry of a parameter, also on masked-out ones.
-    Everything is restored on exit.
+    context skip them); masked ones keep gradients only where the mask is ``True``. Train
+    with zero weight decay: Adam's decay acts on every entry of a parameter, also on
+    masked-out ones.
+
+    BatchNorm layers normalise with the reference's running statistics, also in training
+    mode. With minibatch statistics, a per-batch bias added before the norm would be
+    subtracted again whenever a minibatch holds one batch (a one-batch query always does),
+    so the new batch columns could not learn anything. Everything is restored on exit.
     """
-    handles, flags, momenta = [], {}, {}
+    handles, flags, modes = [], {}, {}
     try:
         for name, param in module.named_parameters():
             flags[name] = param.requires_grad
@@ -79,13 +83,18 @@ def frozen_except(module: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator
                 param.requires_grad_(False)
         for sub in module.modules():
             if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                momenta[sub] = sub.momentum
-                sub.momentum = 0.0
+                modes[sub] = sub.training
+                handles.append(sub.register_forward_pre_hook(_use_running_statistics))
         yield
     finally:
         for handle in handles:
             handle.remove()
         for name, param in module.named_parameters():
             param.requires_grad_(flags.get(name, True))
-        for sub, momentum in momenta.items():
-            sub.momentum = momentum
+        for sub, training in modes.items():
+            sub.train(training)
+
+
+def _use_running_statistics(norm: nn.Module, args) -> None:
+    # the trainer switches every module to training mode at each epoch: undo it for the norm
+    norm.train(False)
