@@ -136,6 +136,27 @@ def test_large_groups_are_subsampled(trained):
     assert len(set(df.sort_values("proba_de", ascending=False)["names"][:15]) & PLANTED) >= 10
 
 
+def test_unused_categories_and_unassigned_cells_are_ignored(trained):
+    adata = trained.copy()
+    cv.tl.differential_expression(adata, groupby="group", n_samples=300, key_added="plain")
+    adata.obs["padded"] = adata.obs["group"].cat.add_categories(["empty"])
+    adata.obs["padded"] = adata.obs["padded"].cat.reorder_categories(["empty", "g0", "g1", "g2"])
+    cv.tl.differential_expression(adata, groupby="padded", n_samples=300, key_added="padded")
+    pd.testing.assert_frame_equal(
+        cv.tl.differential_expression_df(adata, key="plain"),
+        cv.tl.differential_expression_df(adata, key="padded"),
+    )
+    # cells without a group are in no group and in no reference
+    adata.obs["partial"] = adata.obs["group"].astype(object)
+    adata.obs.loc[adata.obs["group"] == "g2", "partial"] = np.nan
+    cv.tl.differential_expression(adata, groupby="partial", n_samples=300, key_added="partial")
+    result = adata.uns["partial"]
+    assert list(result["names"].dtype.names) == ["g0", "g1"]
+    df = cv.tl.differential_expression_df(adata, "g1", key="partial").set_index("names")
+    g0 = adata[adata.obs["group"] == "g0"].X.mean(axis=0).A1
+    np.testing.assert_allclose(df.loc[adata.var_names, "raw_mean2"], g0, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

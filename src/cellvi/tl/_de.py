@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -38,10 +39,33 @@ def _check_args(mode, delta, fdr_target, n_samples, pseudocount) -> None:
         raise ValueError(f"pseudocount must be >= 0 or None, got {pseudocount!r}.")
 
 
-def _groups(
+@dataclass
+class Grouping:
+    """The cells of each group of ``adata.obs[groupby]`` and what is compared with what."""
+
+    codes: np.ndarray  # category code of each cell, -1 for none
+    categories: list[str]  # all categories, in code order
+    tested: list[str]
+    reference: str
+
+    def mask(self, group: str) -> np.ndarray:
+        return self.codes == self.categories.index(group)
+
+    def reference_mask(self, group: str) -> np.ndarray:
+        if self.reference == "rest":
+            return (self.codes >= 0) & ~self.mask(group)
+        return self.mask(self.reference)
+
+    def references(self, group: str) -> list[str]:
+        """The groups whose cells make up ``group``'s reference."""
+        if self.reference != "rest":
+            return [self.reference]
+        return [c for c in self.categories if c != group and self.mask(c).any()]
+
+
+def _grouping(
     adata: AnnData, groupby: str, groups: str | Sequence[str], reference: str
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """Cell codes (-1: no group), categories with cells, and the groups to test."""
+) -> Grouping:
     if groupby not in adata.obs:
         raise KeyError(f"groupby={groupby!r} is not a column of adata.obs.")
     column = adata.obs[groupby].astype("category")
@@ -62,7 +86,7 @@ def _groups(
         raise ValueError("no group left to compare with the reference; pass other groups.")
     if reference == "rest" and len(present) < 2:
         raise ValueError(f"{groupby!r} has a single group, so 'rest' is empty.")
-    return codes, present, wanted
+    return Grouping(codes, categories, wanted, reference)
 
 
 def differential_expression(
@@ -157,32 +181,23 @@ def differential_expression(
     _check_args(mode, delta, fdr_target, n_samples, pseudocount)
     model = load_model(adata, key)
     require_model(model, ("scvi",), "differential_expression")
-    codes, present, tested = _groups(adata, groupby, groups, reference)
+    grouping = _grouping(adata, groupby, groups, reference)
     registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
-    data = TensorData.from_registered(registered)
     seed = settings.seed if seed is None else int(seed)
     if pseudocount is None:
         totals = np.asarray(registered.X.sum(axis=1)).ravel()
         pseudocount = 0.1 / max(float(np.median(totals)), 1.0)
-    batch_codes = list(range(int(model.registry["n_batch"]))) if batch_correction else None
-    tables = _compare(
-        model.module,
-        data,
-        codes,
-        present,
-        tested,
-        reference,
-        int(n_samples),
-        seed,
-        batch_codes,
-        batch_size,
-        mode=mode,
-        delta=float(delta),
-        pseudocount=float(pseudocount),
+    draws = DrawSettings(
+        n_samples=int(n_samples),
+        seed=seed,
+        batch_codes=list(range(int(model.registry["n_batch"]))) if batch_correction else None,
+        batch_size=batch_size,
     )
+    stats = {"mode": mode, "delta": float(delta), "pseudocount": float(pseudocount)}
+    tables = _compare(model.module, TensorData.from_registered(registered), grouping, draws, stats)
     pts, pts_rest = (
         pd.DataFrame(frac, index=pd.Index(model.var_names))
-        for frac in _raw_summaries(registered.X, codes, present, tested, reference, tables)
+        for frac in _raw_summaries(registered.X, grouping, tables)
     )
     for table in tables.values():
         table["expected_fdr"] = expected_fdr(table["proba_de"].to_numpy())
@@ -201,74 +216,76 @@ def differential_expression(
         "n_samples": int(n_samples),
         "pseudocount": float(pseudocount),
         "seed": seed,
-        "groups": tested,
+        "groups": grouping.tested,
     }
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = rank_genes_groups_layout(tables, params, pts, pts_rest)
     logger.info(
-        f"    finished in {time.perf_counter() - start:.1f}s: {len(tested)} group(s), "
+        f"    finished in {time.perf_counter() - start:.1f}s: {len(grouping.tested)} group(s), "
         f"added {key_added!r} (adata.uns)"
     )
     return adata if copy else None
 
 
+@dataclass
+class DrawSettings:
+    n_samples: int
+    seed: int
+    batch_codes: list[int] | None
+    batch_size: int
+
+
 @torch.inference_mode()
 def _compare(
-    module,
-    data,
-    codes,
-    present,
-    tested,
-    reference,
-    n_samples,
-    seed,
-    batch_codes,
-    batch_size,
-    **stats_kwargs,
+    module, data: TensorData, grouping: Grouping, draws: DrawSettings, stats: dict
 ) -> dict[str, pd.DataFrame]:
     """Statistics of each tested group against its reference."""
     device = inference_device(module)
     module.to(device).eval()
-    rng = np.random.default_rng(seed)
-    categories = [c for c in present if reference == "rest" or c in (*tested, reference)]
-    sizes = {c: int((codes == present.index(c)).sum()) for c in categories}
+    rng = np.random.default_rng(draws.seed)
+    n = draws.n_samples
+    needed = dict.fromkeys(c for g in grouping.tested for c in (g, *grouping.references(g)))
     tables = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        draws = {
+        torch.manual_seed(draws.seed)
+        encoded = {
             c: encode_draws(
                 module,
                 data,
-                cells_for_draws(np.flatnonzero(codes == present.index(c)), n_samples, rng),
+                cells_for_draws(np.flatnonzero(grouping.mask(c)), n, rng),
                 device,
-                batch_size,
+                draws.batch_size,
             )
-            for c in categories
+            for c in needed
         }
-        for group in tested:
-            others = [c for c in categories if c != group] if reference == "rest" else [reference]
-            pool = concat_draws([draws[c] for c in others])
-            weights = np.array([sizes[c] for c in others], dtype=np.float64)
-            picked = rng.choice(len(others), size=n_samples, p=weights / weights.sum())
-            offsets = np.cumsum([0] + [draws[c].n for c in others])[:-1]
-            within = rng.integers(0, n_samples, size=n_samples)  # every group has n_samples draws
-            index2 = torch.as_tensor(offsets[picked] + within, device=device)
-            index1 = torch.as_tensor(rng.permutation(n_samples), device=device)
-            log1 = decode_draws(module, draws[group], index1, batch_codes)
-            log2 = decode_draws(module, pool, index2, batch_codes)
-            tables[group] = pd.DataFrame(de_statistics(log1, log2, **stats_kwargs))
+        for group in grouping.tested:
+            # reference draws: from each reference group in proportion to its cells
+            others = grouping.references(group)
+            sizes = np.array([grouping.mask(c).sum() for c in others], dtype=np.float64)
+            picked = rng.choice(len(others), size=n, p=sizes / sizes.sum())
+            index2 = picked * n + rng.integers(0, n, size=n)  # every group holds n draws
+            pool = concat_draws([encoded[c] for c in others])
+            log1 = decode_draws(
+                module, encoded[group], torch.as_tensor(rng.permutation(n), device=device),
+                draws.batch_codes,
+            )  # fmt: skip
+            log2 = decode_draws(
+                module, pool, torch.as_tensor(index2, device=device), draws.batch_codes
+            )
+            tables[group] = pd.DataFrame(de_statistics(log1, log2, **stats))
     return tables
 
 
-def _raw_summaries(X, codes, present, tested, reference, tables):
+def _raw_summaries(X, grouping: Grouping, tables: dict[str, pd.DataFrame]):
     """Mean counts and fraction of non-zero cells in each group and its reference."""
     X = sparse.csr_matrix(X) if sparse.issparse(X) else X
     pts, pts_rest = {}, {}
-    grouped = codes >= 0
-    for group in tested:
-        in_group = codes == present.index(group)
-        in_ref = grouped & ~in_group if reference == "rest" else codes == present.index(reference)
-        for mask, mean_col, frac in ((in_group, "raw_mean1", pts), (in_ref, "raw_mean2", pts_rest)):
+    for group in grouping.tested:
+        sides = (
+            (grouping.mask(group), "raw_mean1", pts),
+            (grouping.reference_mask(group), "raw_mean2", pts_rest),
+        )
+        for mask, mean_col, frac in sides:
             sub = X[mask]
             tables[group][mean_col] = np.asarray(sub.mean(axis=0)).ravel()
             frac[group] = np.asarray((sub > 0).sum(axis=0)).ravel() / max(int(mask.sum()), 1)
