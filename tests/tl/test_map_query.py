@@ -101,6 +101,17 @@ def test_unfrozen_fine_tuning_moves_shared_weights(split):
     assert not mapped.uns["scvi"]["query_mapping"]["freeze"]
 
 
+def test_query_of_known_batches_is_embedded_without_training(split):
+    ref, _ = split
+    known = ref[ref.obs["batch"] == "b1"].copy()
+    del known.uns["scvi"], known.obsm["X_scvi"]
+    cv.tl.map_query(known, reference=ref)
+    np.testing.assert_allclose(
+        known.obsm["X_scvi"], ref[ref.obs["batch"] == "b1"].obsm["X_scvi"], atol=1e-5
+    )
+    assert len(known.uns["scvi"]["query_mapping"]["new_batches"]) == 0
+
+
 def test_errors_leave_the_query_unchanged(split, adata):
     ref, query = split
     few = query[:, :20].copy()

@@ -181,6 +181,9 @@ def _train(model, registry, data, n_old, freeze, max_epochs, batch_size, lr, see
             UserWarning,
             stacklevel=3,
         )
+    if freeze and not masks:
+        logger.info("    the query has no new batches: nothing to train, embedding only")
+        return module.eval(), {}
     epochs = max_epochs or min(default_max_epochs(data.n_cells), MAX_DEFAULT_QUERY_EPOCHS)
     # frozen entries must not move: Adam's weight decay would move them, so it is off
     plan = TrainingPlan(module, lr=lr, weight_decay=0.0, n_epochs_kl_warmup=0)
