@@ -10,6 +10,10 @@ epochs on all cells, then runs DE of every group against the rest, ``mode="chang
 DE call is timed. The tools alternate (scvi-tools, cellvi, scvi-tools, cellvi, ...) so that a
 busy machine slows both alike; the ratio is reported per pair.
 
+Measured (one pair, 5 training epochs, 2 threads, on a shared 2-core VM at load ~13): DE
+scvi-tools 423.7 s, cellvi 77.4 s, ratio 5.5x. Absolute times on that machine were several
+times those of a quiet one; the ratio within a pair is the figure to trust.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_de.py --scvi-python /work/venv-scvi/bin/python
@@ -94,8 +98,9 @@ def main() -> None:
                 ratio = pair["scvi"]["de_seconds"] / pair["cellvi"]["de_seconds"]
                 print(f"[{r}] scvi-tools / cellvi DE time: {ratio:.1f}x", flush=True)
             results.append(pair)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+            # written after every pair, so that an interrupted run keeps what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 
 
