@@ -1,10 +1,8 @@
 """Query mapping on real PBMC data: a held-out 10x batch lands near its own cell types.
 
-Data: ``pbmc_multibatch.h5ad`` (8 PBMC batches, raw counts). Reference: three batches from
-two studies and two 10x chemistries (``zheng17_sorted``, ``zheng17_donorA``, ``pbmc1k_v2``;
-7,724 cells, kept small so that the test runs in minutes on 2 cores); query: the held-out 10x
-batch ``pbmc4k_v2`` (2,170 cells, curated coarse labels). Genes: 2,000 HVGs chosen on the
-reference alone (the query is unseen). The reference is trained with
+Data: ``pbmc_multibatch.h5ad`` (8 PBMC batches, raw counts). Reference: the 7 other batches
+(11,630 cells); query: the held-out 10x batch ``pbmc4k_v2`` (2,170 cells, curated coarse
+labels). Genes: 2,000 HVGs chosen on the reference alone (the query is unseen). The reference is trained with
 ``encode_covariates=True`` (the recommended flow), the query mapped with frozen reference
 weights. Labels are transferred by kNN (k=15) from the labelled reference batch
 ``zheng17_sorted`` to the query in the shared latent space. Thresholds are about 85-90 % of
@@ -27,7 +25,6 @@ import cellvi as cv
 
 PBMC = SHARED_DATA / "pbmc_multibatch.h5ad"
 QUERY_BATCH, LABELLED_REFERENCE = "pbmc4k_v2", "zheng17_sorted"
-REFERENCE_BATCHES = (LABELLED_REFERENCE, "zheng17_donorA", "pbmc1k_v2")
 
 pytestmark = [
     pytest.mark.realdata,
@@ -50,8 +47,8 @@ def _quiet_and_small():
 def _split() -> tuple[ad.AnnData, ad.AnnData]:
     adata = ad.read_h5ad(PBMC)
     adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()
-    ref = adata[adata.obs["batch"].isin(REFERENCE_BATCHES).to_numpy()].copy()
-    query = adata[(adata.obs["batch"] == QUERY_BATCH).to_numpy()].copy()
+    is_query = (adata.obs["batch"] == QUERY_BATCH).to_numpy()
+    ref, query = adata[~is_query].copy(), adata[is_query].copy()
     lognorm = ref.copy()
     sc.pp.normalize_total(lognorm, target_sum=1e4)
     sc.pp.log1p(lognorm)
@@ -67,15 +64,16 @@ def mapped():
     start = time.perf_counter()
     ref, query = _split()
     cv.pp.setup_registry(ref, batch_key="batch")
-    cv.tl.scvi_train(ref, max_epochs=30, encode_covariates=True, seed=0)
+    cv.tl.scvi_train(ref, max_epochs=40, encode_covariates=True, seed=0)
     trained = time.perf_counter()
     # the query has all 8,202 genes: the copy carries the reference's 2,000
-    query = cv.tl.map_query(query, reference=ref, max_epochs=30, seed=0, copy=True)
+    untrained = cv.tl.map_query(query, reference=ref, max_epochs=1, seed=0, copy=True)
+    query = cv.tl.map_query(query, reference=ref, seed=0, copy=True)  # default: 200 epochs
     print(
         f"\n[map_query] reference {ref.n_obs:,} cells, trained in {trained - start:.0f}s; "
         f"query {query.n_obs:,} cells mapped in {time.perf_counter() - trained:.0f}s"
     )
-    return ref, query
+    return ref, query, untrained
 
 
 def _transfer(ref: ad.AnnData, query: ad.AnnData) -> float:
@@ -87,9 +85,17 @@ def _transfer(ref: ad.AnnData, query: ad.AnnData) -> float:
 
 
 def test_held_out_batch_lands_near_its_cell_types(mapped):
-    ref, query = mapped
+    ref, query, untrained = mapped
     accuracy = _transfer(ref, query)
     print(f"[map_query] kNN label transfer {LABELLED_REFERENCE} -> {QUERY_BATCH}: {accuracy:.3f}")
-    assert accuracy > 0.72  # measured: see the report; chance (majority class) about 0.4
+    # measured 0.826 (a model trained on all 8 batches jointly: 0.842; the query with its
+    # new batch columns untrained: 0.789); majority class about 0.4
+    assert accuracy > 0.74
     assert query.uns["scvi"]["query_mapping"]["new_batches"].tolist() == [QUERY_BATCH]
     assert query.var["cellvi_padded"].sum() == 0  # every reference gene is in the query
+
+
+def test_training_the_new_batch_columns_fits_the_query(mapped):
+    _, query, untrained = mapped
+    # measured per-cell ELBO: -785.9 with the new columns at their start, -742.7 after mapping
+    assert cv.tl.scvi_evaluate(query)["elbo"] > cv.tl.scvi_evaluate(untrained)["elbo"] + 20
