@@ -10,9 +10,10 @@ epochs on all cells, then runs DE of every group against the rest, ``mode="chang
 DE call is timed. The tools alternate (scvi-tools, cellvi, scvi-tools, cellvi, ...) so that a
 busy machine slows both alike; the ratio is reported per pair.
 
-Measured (one pair, 5 training epochs, 2 threads, on a shared 2-core VM at load ~13): DE
-scvi-tools 423.7 s, cellvi 77.4 s, ratio 5.5x. Absolute times on that machine were several
-times those of a quiet one; the ratio within a pair is the figure to trust.
+Measured on a quiet 2-core VM (load about 1; 5 training epochs, 2 threads), three pairs:
+DE cellvi 4.7 / 4.6 / 4.6 s, scvi-tools 5.8 / 6.1 / 5.5 s (ratio 1.2-1.3x). An earlier pair
+on the same VM under heavy load (about 13) gave 77 s vs 424 s: absolute times and even the
+ratio move with load, so compare pairs run together.
 
 Run from the repository root::
 
