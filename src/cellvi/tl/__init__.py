@@ -1,7 +1,12 @@
 """Tools: train models and use them (scanpy-style ``cv.tl``)."""
 
 from ._criticism import criticism
+from ._de import differential_expression
+from ._de_results import differential_expression_df
 from ._evaluate import scvi_evaluate
+from ._latent import latent_posterior
+from ._map_query import map_query
+from ._marginal_ll import marginal_ll
 from ._posterior import likelihood_parameters, posterior_predictive
 from ._scvi_apply import scvi_embed, scvi_normalize
 from ._scvi_train import scvi_train
@@ -9,7 +14,12 @@ from ._tune import tune
 
 __all__ = [
     "criticism",
+    "differential_expression",
+    "differential_expression_df",
+    "latent_posterior",
     "likelihood_parameters",
+    "map_query",
+    "marginal_ll",
     "posterior_predictive",
     "scvi_embed",
     "scvi_evaluate",

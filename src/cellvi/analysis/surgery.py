@@ -1,0 +1,100 @@
+"""Model surgery for query mapping (scArches-style): new batch columns, the rest frozen.
+
+A trained model gains rows for new batches in every parameter indexed by batch (the batch
+columns of the first layers, which this package stores as per-batch bias rows; a batch
+embedding; per-batch dispersions). Everything the reference learned is copied; with freezing,
+gradients reach only the new rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def transplant(reference: nn.Module, extended: nn.Module, n_old: int) -> dict[str, torch.Tensor]:
+    """Copy ``reference``'s weights into ``extended`` (same model, more batches).
+
+    Parameters and buffers of equal shape are copied. Those whose first dimension grew
+    from ``n_old`` to ``extended``'s number of batches keep the reference's rows, and the
+    new rows start at the mean of the reference's rows (an "average batch"). Batch terms
+    the reference did not have (it had one batch, which needs none) start at zero, which is
+    what the reference computed.
+
+    Returns
+    -------
+    For each parameter that holds new-batch rows, a mask of the entries that belong to new
+    batches (``True``: may train when frozen).
+    """
+    old = reference.state_dict()
+    state = extended.state_dict()
+    params = dict(extended.named_parameters())
+    masks = {}
+    for name, value in state.items():
+        if name in old and old[name].shape == value.shape:
+            state[name] = old[name].clone()
+            continue
+        if name in old:
+            source = old[name]
+            if source.shape[1:] != value.shape[1:] or source.shape[0] != n_old:
+                raise ValueError(
+                    f"cannot extend {name!r} from shape {tuple(source.shape)} to "
+                    f"{tuple(value.shape)}: only batch-indexed rows may grow"
+                )
+            grown = source.mean(0, keepdim=True).expand_as(value).clone()
+            grown[:n_old] = source
+        else:
+            grown = torch.zeros_like(value)
+        state[name] = grown
+        if name in params:
+            mask = torch.zeros(value.shape, dtype=torch.bool)
+            mask[n_old:] = True
+            masks[name] = mask
+    extended.load_state_dict(state)
+    return masks
+
+
+@contextmanager
+def frozen_except(module: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Train only the masked entries of ``module`` while in the context.
+
+    Parameters without a mask get ``requires_grad=False`` (optimisers built inside the
+    context skip them); masked ones keep gradients only where the mask is ``True``. Train
+    with zero weight decay: Adam's decay acts on every entry of a parameter, also on
+    masked-out ones.
+
+    BatchNorm layers normalise with the reference's running statistics, also in training
+    mode. With minibatch statistics, a per-batch bias added before the norm would be
+    subtracted again whenever a minibatch holds one batch (a one-batch query always does),
+    so the new batch columns could not learn anything. Everything is restored on exit.
+    """
+    handles, flags, modes = [], {}, {}
+    try:
+        for name, param in module.named_parameters():
+            flags[name] = param.requires_grad
+            if name in masks:
+                # the trainer may move the module to a GPU after this point: follow the grad
+                mask = masks[name]
+                handles.append(param.register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype)))
+            else:
+                param.requires_grad_(False)
+        for sub in module.modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                modes[sub] = sub.training
+                handles.append(sub.register_forward_pre_hook(_use_running_statistics))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, param in module.named_parameters():
+            param.requires_grad_(flags.get(name, True))
+        for sub, training in modes.items():
+            sub.train(training)
+
+
+def _use_running_statistics(norm: nn.Module, args) -> None:
+    # the trainer switches every module to training mode at each epoch: undo it for the norm
+    norm.train(False)

@@ -1,0 +1,84 @@
+"""Preparing a query data set for a reference model: genes aligned, registry extended."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from ..data._fields import count_matrix, obs_column
+from ..data._format import str_array, str_list
+
+#: ``.var`` column marking genes the query lacked (all-zero columns added for the model).
+PADDED_COLUMN = "cellvi_padded"
+
+
+def gene_overlap(query: AnnData, var_names: list[str], min_gene_overlap: float) -> float:
+    """Fraction of the model's genes present in the query; an error when below the minimum."""
+    present = pd.Index(var_names).isin(np.asarray(query.var_names).astype(str))
+    fraction = float(present.mean())
+    if fraction < min_gene_overlap:
+        raise ValueError(
+            f"the query has only {int(present.sum()):,} of the reference's {len(var_names):,} "
+            f"genes ({fraction:.0%}, below min_gene_overlap={min_gene_overlap:.0%}). Check that "
+            "both use the same gene identifiers (symbols vs Ensembl IDs); lower "
+            "min_gene_overlap only if the missing genes can fairly be treated as zero counts."
+        )
+    return fraction
+
+
+def genes_match(query: AnnData, var_names: list[str]) -> bool:
+    return list(np.asarray(query.var_names).astype(str)) == list(var_names)
+
+
+def align_genes(query: AnnData, var_names: list[str], layer: str) -> AnnData:
+    """A new AnnData with the model's genes in its order; missing genes are all-zero columns.
+
+    Only the registered counts (in ``layer``, or ``X`` when ``layer`` is ``""``) are carried
+    over, with ``obs`` and ``obsm``; ``var[PADDED_COLUMN]`` marks the added genes.
+    """
+    source = pd.Index(np.asarray(query.var_names).astype(str))
+    position = source.get_indexer(pd.Index(var_names))
+    found = position >= 0
+    counts = sparse.csr_matrix(count_matrix(query, layer), dtype=np.float32)
+    # a selection matrix places each found query gene in the reference's column order
+    select = sparse.csr_matrix(
+        (np.ones(found.sum(), dtype=np.float32), (position[found], np.flatnonzero(found))),
+        shape=(query.n_vars, len(var_names)),
+    )
+    aligned = (counts @ select).tocsr()
+    aligned.sort_indices()
+    var = pd.DataFrame({PADDED_COLUMN: ~found}, index=pd.Index(var_names))
+    out = AnnData(aligned, obs=query.obs.copy(), var=var, obsm=dict(query.obsm))
+    if layer:
+        out.layers[layer] = aligned.copy()
+    return out
+
+
+def extend_registry(reference: dict, query: AnnData, *, keep_labels: bool) -> dict:
+    """The reference's registry with the query's new batches appended (order kept).
+
+    The new batches get library-size priors from the query's cells. Without ``keep_labels``
+    the labels column is unregistered (the query's cell types need not be the reference's).
+    """
+    batch_key = str(reference["batch_key"])
+    known = str_list(reference["batch_categories"])
+    column = obs_column(query, batch_key, role="batch_key").astype(str).to_numpy()
+    new = [b for b in pd.unique(column) if b not in known]
+    totals = np.asarray(count_matrix(query, str(reference["layer"])).sum(axis=1)).ravel()
+    logs = np.log(np.maximum(totals, 1.0))
+    means = [float(logs[column == b].mean()) for b in new]
+    variances = [float(logs[column == b].var()) for b in new]
+    registry = dict(reference)
+    registry.update(
+        batch_categories=str_array(known + new),
+        n_batch=len(known) + len(new),
+        library_log_means=np.r_[np.asarray(reference["library_log_means"], float), means],
+        library_log_vars=np.r_[np.asarray(reference["library_log_vars"], float), variances],
+        n_cells=int(query.n_obs),
+        n_zero_count_cells=int((totals == 0).sum()),
+    )
+    if not keep_labels:
+        registry.update(labels_key="")
+    return registry

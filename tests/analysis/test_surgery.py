@@ -1,0 +1,88 @@
+"""Model surgery: new batch rows are added, the reference's weights copied and kept frozen."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellvi.analysis.surgery import frozen_except, transplant
+from cellvi.models.scvi import SCVIModule
+
+SHAPE = {"n_hidden": 16, "n_latent": 4, "encode_covariates": True}
+
+
+def _pair(n_old, n_new, **options):
+    torch.manual_seed(0)
+    old = SCVIModule(20, n_batch=n_old, **SHAPE, **options)
+    new = SCVIModule(20, n_batch=n_new, **SHAPE, **options)
+    return old, new
+
+
+def test_transplant_copies_and_extends_batch_rows():
+    old, new = _pair(2, 3, dispersion="gene-batch")
+    masks = transplant(old, new, n_old=2)
+    batch_rows = {
+        "z_encoder.body.injections.0.categorical.0.weight",
+        "decoder.body.injections.0.categorical.0.weight",
+        "log_theta",
+    }
+    assert set(masks) == batch_rows
+    o, n = old.state_dict(), new.state_dict()
+    for name, value in o.items():
+        if name in batch_rows:
+            assert torch.equal(n[name][:2], value)
+            # new rows start as the average batch
+            torch.testing.assert_close(n[name][2], value.mean(0))
+            assert masks[name][2:].all() and not masks[name][:2].any()
+        elif "library_log" not in name:
+            assert torch.equal(n[name], value), name
+
+
+def test_single_batch_reference_gets_zero_batch_terms():
+    old, new = _pair(1, 3)
+    masks = transplant(old, new, n_old=1)
+    weight = new.decoder.body.injections[0].categorical[0].weight
+    assert torch.equal(weight, torch.zeros_like(weight))  # the reference had no batch term
+    assert "decoder.body.injections.0.categorical.0.weight" in masks
+
+
+def test_frozen_training_moves_only_new_rows_and_restores_flags():
+    old, new = _pair(2, 3)
+    masks = transplant(old, new, n_old=2)
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    mb = {
+        "x": torch.poisson(torch.full((8, 20), 3.0)),
+        "batch": torch.tensor([0, 1, 2, 2, 2, 0, 1, 2]),
+        "labels": torch.zeros(8, dtype=torch.long),
+        "cat_covs": torch.zeros(8, 0, dtype=torch.long),
+        "cont_covs": torch.zeros(8, 0),
+    }
+    mb["log_x_factorial"] = torch.lgamma(mb["x"] + 1).sum(1)
+    new.train()
+    with frozen_except(new, masks):
+        params = [p for p in new.parameters() if p.requires_grad]
+        assert len(params) == len(masks)
+        optimizer = torch.optim.Adam(params, lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            new(mb).loss.backward()
+            optimizer.step()
+    after = new.state_dict()
+    for name, value in before.items():
+        if name in masks:
+            assert torch.equal(after[name][:2], value[:2]), name
+            assert not torch.equal(after[name][2], value[2]), name  # the new batch learned
+        else:  # BatchNorm statistics included: the norms used the reference's
+            assert torch.equal(after[name], value), name
+    assert all(p.requires_grad for p in new.parameters())
+    # outside the context, training-mode BatchNorm updates its statistics again
+    new(mb)
+    moved = new.state_dict()["decoder.body.norms.0.running_mean"]
+    assert not torch.equal(moved, before["decoder.body.norms.0.running_mean"])
+
+
+def test_shape_change_other_than_batch_rows_is_refused():
+    old = SCVIModule(20, n_batch=2, **SHAPE)
+    new = SCVIModule(20, n_batch=3, **{**SHAPE, "n_hidden": 8})
+    with pytest.raises(ValueError, match="only batch-indexed rows may grow"):
+        transplant(old, new, n_old=2)
