@@ -280,7 +280,7 @@ def _query(genes):
     def call(data, tmp):
         query = ad.AnnData(data.layers["counts"].copy(), obs=data.obs.copy())
         query.var_names = genes(list(data.var_names))
-        return cv.tl.map_query(query, model_from=data)
+        return cv.tl.map_query(query, reference=data)
 
     return call
 

@@ -15,8 +15,18 @@ PADDED_COLUMN = "cellvi_padded"
 
 
 def gene_overlap(query: AnnData, var_names: list[str], min_gene_overlap: float) -> float:
-    """Fraction of the model's genes present in the query; an error when below the minimum."""
-    present = pd.Index(var_names).isin(np.asarray(query.var_names).astype(str))
+    """Fraction of the model's genes present in the query; an error when below the minimum or
+    when a gene name repeats (its counts could not be placed unambiguously)."""
+    names = pd.Index(np.asarray(query.var_names).astype(str))
+    if names.has_duplicates:
+        repeated = names[names.duplicated()].unique()
+        shown = ", ".join(repr(n) for n in repeated[:5])
+        raise ValueError(
+            f"the query has duplicated gene names ({len(repeated):,}, e.g. {shown}): mapping "
+            "needs one column per gene. Run `query.var_names_make_unique()` or aggregate the "
+            "duplicates first."
+        )
+    present = pd.Index(var_names).isin(names)
     fraction = float(present.mean())
     if fraction < min_gene_overlap:
         raise ValueError(
