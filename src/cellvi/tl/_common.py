@@ -81,7 +81,9 @@ def minibatches(
 
 
 def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -> dict:
-    """``module.inference`` on a minibatch from :func:`minibatches`."""
+    """``module.inference`` on a minibatch from :func:`minibatches` (with the protein counts
+    ``y`` for a multimodal model)."""
+    extra = {"y": mb["y"]} if "y" in mb else {}
     return module.inference(
         mb["x"],
         mb["batch"],
@@ -89,6 +91,7 @@ def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -
         mb["cont_covs"],
         mb.get("size_factor"),
         deterministic=deterministic,
+        **extra,
     )
 
 
