@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--n-top-genes", type=int, default=2000)
+    p.add_argument("--max-cells", type=int, default=None, help="seeded subsample (quick runs)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--pairs", type=int, default=1, help="interleaved (scvi-tools, cellvi) pairs")
     p.add_argument("--threads", type=int, default=2)
@@ -51,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare_data(path: Path, n_top_genes: int, seed: int, workdir: Path) -> dict:
+def prepare_data(
+    path: Path, n_top_genes: int, seed: int, workdir: Path, max_cells: int | None = None
+) -> dict:
     """Write train.h5mu / test.h5mu; return their paths and the training cells' labels."""
     import mudata as mu
     import numpy as np
@@ -67,7 +70,7 @@ def prepare_data(path: Path, n_top_genes: int, seed: int, workdir: Path) -> dict
         mdata.mod["rna"] = rna[:, lognorm.var["highly_variable"].to_numpy()].copy()
     keep = np.asarray(mdata.mod["rna"].X.sum(1)).ravel() > 0
     rng = np.random.default_rng(seed)
-    order = rng.permutation(np.flatnonzero(keep))
+    order = rng.permutation(np.flatnonzero(keep))[:max_cells]
     n_test = int(round(0.1 * len(order)))
     parts = {"test": np.sort(order[:n_test]), "train": np.sort(order[n_test:])}
     out = {}
@@ -140,8 +143,12 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        data = prepare_data(args.data, args.n_top_genes, args.seed, workdir)
-        print(f"{data['n_genes']} genes, {data['n_proteins']} proteins, {args.epochs} epochs")
+        data = prepare_data(args.data, args.n_top_genes, args.seed, workdir, args.max_cells)
+        print(
+            f"{len(data['labels'])} training cells, {data['n_genes']} genes, "
+            f"{data['n_proteins']} proteins, {args.epochs} epochs",
+            flush=True,
+        )
         runs = []
         for pair in range(args.pairs):
             order = ("scvi", "cellvi") if pair % 2 == 0 else ("cellvi", "scvi")

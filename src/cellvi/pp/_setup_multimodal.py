@@ -67,7 +67,12 @@ def build_multimodal_registry(
 def setup_multimodal(data, *, copy: bool, **options) -> Any:
     """``cv.pp.setup_registry`` for RNA + protein data (see there)."""
     registry = build_multimodal_registry(data, **options)
-    data = data.copy() if copy else data
+    if copy:
+        data = data.copy()
+    elif isinstance(data, AnnData) and data.is_view:
+        # like scanpy: a view cannot hold new .uns entries, so it becomes an actual AnnData
+        warnings.warn("Received a view of an AnnData. Making a copy.", UserWarning, stacklevel=3)
+        data._init_as_actual(data.copy())
     data.uns[REGISTRY_KEY] = registry
     spec = registry["protein"]
     where = "mdata.uns" if is_mudata(data) else "adata.uns"
