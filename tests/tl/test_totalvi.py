@@ -160,3 +160,15 @@ def test_bad_input_leaves_data_unchanged(trained):
     cv.tl.scvi_train(rna_only, max_epochs=1, n_hidden=8)
     with pytest.raises(ValueError, match="not totalVI"):
         cv.tl.totalvi_evaluate(rna_only, key="scvi")
+
+
+def test_copy_leaves_the_input_alone():
+    mdata, _ = synthetic_citeseq(n_cells=80)
+    registered = cv.pp.setup_registry(mdata, batch_key="batch", copy=True)
+    assert "cellvi_registry" not in mdata.uns and "cellvi_registry" in registered.uns
+    trained = cv.tl.totalvi_train(registered, **(SMALL | {"max_epochs": 2}), copy=True)
+    assert "totalvi" not in registered.uns and "X_totalvi" not in registered.obsm
+    assert trained.obsm["X_totalvi"].shape == (80, 6)
+    denoised = cv.tl.totalvi_denoise(trained, copy=True)
+    assert "totalvi_denoised" not in trained["prot"].layers
+    assert denoised["prot"].layers["totalvi_denoised"].shape == (80, 10)
