@@ -99,3 +99,18 @@ def test_fool_loss_is_minimal_for_a_uniform_guess():
     torch.testing.assert_close(uniform, torch.full((3,), math.log(3.0)))
     confident = torch.eye(3) * 10  # sure of the true batch: high loss for the encoder
     assert (fool_loss(confident, batch) > uniform).all()
+
+
+def test_encoder_input_sparse_path_matches_dense():
+    from cellvi.models.totalvi import _encoder_input
+
+    _, mb = _module_and_batch()
+    x, y = mb["x"], mb["y"]
+    rows, cols = torch.nonzero(x, as_tuple=True)
+    dense_in, dense_tot = _encoder_input(x, y, None, x.shape[1])
+    sparse_in, sparse_tot = _encoder_input(None, y, (rows, cols, x[rows, cols]), x.shape[1])
+    torch.testing.assert_close(sparse_in, dense_in)
+    torch.testing.assert_close(sparse_tot, x.sum(1))
+    # each modality is scaled by 1 + its per-cell mean before log1p
+    expected = torch.log1p(y / (1 + y.mean(1, keepdim=True)))
+    torch.testing.assert_close(dense_in[:, x.shape[1] :], expected)

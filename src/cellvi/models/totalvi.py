@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributions._mixture_likelihood import nb_mixture_log_likelihood
-from ..nn import CountDecoder, GaussianEncoder
-from ..nn.protein_decoder import ProteinDecoder
+from ..nn import GaussianEncoder
+from ..nn.protein_decoder import ProteinDecoder, SkipCountDecoder
 from .scvi import (
     LATENT_DISTRIBUTIONS,
     NORM_PLACEMENTS,
@@ -162,7 +162,7 @@ class TOTALVIModule(nn.Module):
         )
         decoder = {"n_layers": n_layers_decoder, "n_cats": cats, "n_cont": n_cont}
         decoder |= {"dropout_rate": dropout_rate, **shape, **norm("decoder")}
-        self.rna_decoder = CountDecoder(
+        self.rna_decoder = SkipCountDecoder(
             n_latent, n_genes, zero_inflation=gene_likelihood == "zinb", **decoder
         )
         self.protein_decoder = ProteinDecoder(n_latent, n_proteins, **decoder)
@@ -295,20 +295,26 @@ class TOTALVIModule(nn.Module):
 
 
 def _encoder_input(x, y, nz, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[log1p(x), log1p(y)]`` and the RNA totals, from the non-zero RNA counts when known.
+    """The encoder input and the RNA totals, from the non-zero RNA counts when known.
 
-    Built in one ``cells x (genes + proteins)`` buffer (in the autocast dtype under autocast),
-    so the gene part is never concatenated.
+    Each modality is divided by ``1 +`` the cell's mean count in that modality before
+    ``log1p``, so the encoder sees composition rather than depth (protein depth varies a lot
+    between cells and batches). Built in one ``cells x (genes + proteins)`` buffer (in the
+    autocast dtype under autocast), so the gene part is never concatenated.
     """
     n_cells, n_in = y.shape[0], n_genes + y.shape[1]
+    y_in = torch.log1p(y / (1.0 + y.mean(-1, keepdim=True)))
     if nz is None:
-        return torch.cat([torch.log1p(x), torch.log1p(y)], dim=-1), x.sum(-1)
+        totals = x.sum(-1)
+        x_in = torch.log1p(x / (1.0 + totals.unsqueeze(-1) / n_genes))
+        return torch.cat([x_in, y_in], dim=-1), totals
     rows, cols, values = nz
     device, dtype = values.device, values.dtype
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
-    x_in = torch.zeros(n_cells, n_in, dtype=dtype, device=device)
-    x_in.view(-1).index_copy_(0, rows * n_in + cols, torch.log1p(values).to(dtype))
-    x_in[:, n_genes:] = torch.log1p(y).to(dtype)
     totals = torch.zeros(n_cells, dtype=values.dtype, device=device).index_add_(0, rows, values)
+    scaled = values / (1.0 + totals / n_genes).index_select(0, rows)
+    x_in = torch.zeros(n_cells, n_in, dtype=dtype, device=device)
+    x_in.view(-1).index_copy_(0, rows * n_in + cols, torch.log1p(scaled).to(dtype))
+    x_in[:, n_genes:] = y_in.to(dtype)
     return x_in, totals

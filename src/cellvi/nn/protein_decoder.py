@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decoder import CountDecoder
 from .layers import MLP, without_autocast
 
 STD_EPS = 1e-4  # floor on the background's posterior scale
@@ -81,3 +82,32 @@ class ProteinDecoder(nn.Module):
                 "log_fore_ratio": torch.log1p(F.softplus(self.fore_ratio(h_fore)) + 1e-8),
                 "background_logits": self.background_logits(h_mix),
             }
+
+
+class SkipCountDecoder(CountDecoder):
+    """:class:`CountDecoder` whose output heads read the hidden layer *and* the latent.
+
+    The skip connection lets the latent reach the gene means directly, as in totalVI's
+    published decoder; the options are those of :class:`CountDecoder`.
+    """
+
+    def __init__(self, n_latent: int, n_genes: int, *, n_hidden: int = 128, **options) -> None:
+        super().__init__(n_latent, n_genes, n_hidden=n_hidden, **options)
+        n_head = n_hidden + n_latent
+        self.scale_logits = nn.Linear(n_head, n_genes)
+        if self.zi_logits is not None:
+            self.zi_logits = nn.Linear(n_head, n_genes)
+        if self.log_theta is not None:
+            self.log_theta = nn.Linear(n_head, n_genes)
+
+    def forward(self, z, log_library, cats=(), cont=None) -> dict[str, torch.Tensor]:
+        """As :meth:`CountDecoder.forward`, with ``[h, z]`` fed to the heads."""
+        with without_autocast(z):
+            z = z.float()
+            h = torch.cat([self.body(z, cats, cont), z], dim=-1)
+        out = {"scale_logits": self.scale_logits(h), "log_library": log_library}
+        if self.zi_logits is not None:
+            out["zi_logits"] = self.zi_logits(h)
+        if self.log_theta is not None:
+            out["log_theta"] = self.log_theta(h)
+        return out
