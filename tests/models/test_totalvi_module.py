@@ -111,6 +111,7 @@ def test_encoder_input_sparse_path_matches_dense():
     sparse_in, sparse_tot = _encoder_input(None, y, (rows, cols, x[rows, cols]), x.shape[1])
     torch.testing.assert_close(sparse_in, dense_in)
     torch.testing.assert_close(sparse_tot, x.sum(1))
-    # each modality is scaled by 1 + its per-cell mean before log1p
-    expected = torch.log1p(y / (1 + y.mean(1, keepdim=True)))
-    torch.testing.assert_close(dense_in[:, x.shape[1] :], expected)
+    # RNA scaled by 1 + its per-cell mean before log1p, proteins as they are
+    expected = torch.log1p(x / (1 + x.mean(1, keepdim=True)))
+    torch.testing.assert_close(dense_in[:, : x.shape[1]], expected)
+    torch.testing.assert_close(dense_in[:, x.shape[1] :], torch.log1p(y))

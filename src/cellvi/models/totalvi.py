@@ -297,13 +297,13 @@ class TOTALVIModule(nn.Module):
 def _encoder_input(x, y, nz, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoder input and the RNA totals, from the non-zero RNA counts when known.
 
-    Each modality is divided by ``1 +`` the cell's mean count in that modality before
-    ``log1p``, so the encoder sees composition rather than depth (protein depth varies a lot
-    between cells and batches). Built in one ``cells x (genes + proteins)`` buffer (in the
+    The RNA counts are divided by ``1 +`` the cell's mean count before ``log1p``, so the
+    encoder sees composition more than depth; proteins enter as ``log1p`` of their counts
+    (measured: dividing them too cost held-out protein likelihood). Built in one ``cells x (genes + proteins)`` buffer (in the
     autocast dtype under autocast), so the gene part is never concatenated.
     """
     n_cells, n_in = y.shape[0], n_genes + y.shape[1]
-    y_in = torch.log1p(y / (1.0 + y.mean(-1, keepdim=True)))
+    y_in = torch.log1p(y)
     if nz is None:
         totals = x.sum(-1)
         x_in = torch.log1p(x / (1.0 + totals.unsqueeze(-1) / n_genes))
