@@ -57,3 +57,42 @@ def synthetic_counts(
 @pytest.fixture
 def adata() -> ad.AnnData:
     return synthetic_counts()
+
+
+def synthetic_citeseq(
+    n_cells: int = 240,
+    n_genes: int = 40,
+    n_proteins: int = 10,
+    seed: int = 0,
+    sparse_protein: bool = False,
+):
+    """RNA + protein counts as a MuData ('rna', 'prot'), and the true foreground mask.
+
+    Each cell type expresses a known subset of proteins (foreground, about 8x the background);
+    the other proteins only have background counts (ambient antibody), whose level varies per
+    cell and batch.
+    """
+    import mudata as mu
+
+    rna = synthetic_counts(n_cells, n_genes, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    types = rna.obs["cell_type"].cat.codes.to_numpy()
+    batches = rna.obs["batch"].cat.codes.to_numpy()
+    n_types = int(types.max()) + 1
+    expressed = rng.random((n_types, n_proteins)) < 0.5
+    expressed[:, 0], expressed[:, 1] = True, False  # at least one of each kind
+    background = np.exp(
+        rng.normal(2.0, 0.3, (1, n_proteins))
+        + 0.3 * batches[:, None]
+        + rng.normal(0, 0.2, (n_cells, 1))
+    )
+    foreground = expressed[types]
+    mean = background * np.where(foreground, 8.0, 1.0)
+    counts = rng.negative_binomial(10, 10 / (10 + mean)).astype(np.float32)
+    prot = ad.AnnData(
+        sp.csr_matrix(counts) if sparse_protein else counts,
+        obs=rna.obs.copy(),
+        var=pd.DataFrame(index=[f"prot{j}" for j in range(n_proteins)]),
+    )
+    del rna.layers["counts"]
+    return mu.MuData({"rna": rna, "prot": prot}), foreground

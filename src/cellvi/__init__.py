@@ -9,7 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, hub, pl, pp, tl
 from ._settings import settings
-from .models import scvi_codec  # noqa: F401  (makes scVI models storable in .uns)
+from .models import (
+    scvi_codec,  # noqa: F401  (makes scVI models storable in .uns)
+    totalvi_codec,  # noqa: F401  (makes totalVI models storable in .uns)
+)
 
 try:
     __version__ = version("cellvi")

@@ -249,11 +249,12 @@ def test_bad_input_on_view_leaves_view_unchanged(make_adata, snapshot, assert_un
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning:mudata")
-def test_mudata_not_supported(make_adata):
+def test_mudata_without_protein_modality(make_adata):
     mudata = pytest.importorskip("mudata")
     mdata = mudata.MuData({"rna": make_adata()})
-    with pytest.raises(TypeError, match="MuData is not yet supported"):
+    with pytest.raises(KeyError, match="no protein modality 'prot'"):
         setup_registry(mdata)
+    assert "cellvi_registry" not in mdata.uns
 
 
 def test_backed_copy_refused_before_anything_changes(tmp_path, make_adata):

@@ -251,20 +251,7 @@ class SCVIModule(nn.Module):
 
     def log_likelihood(self, x: torch.Tensor, gen: dict, mb: dict) -> torch.Tensor:
         """Full normalised ``log p(x | z, l)`` per cell."""
-        extra = {
-            "log_x_factorial": mb["log_x_factorial"],
-            "nz_rows": mb.get("nz_rows"),
-            "nz_cols": mb.get("nz_cols"),
-            "nz_values": mb.get("nz_values"),
-        }
-        # under mixed precision the decoder's outputs may be bfloat16: the likelihood is float32
-        gen = {k: v.float() for k, v in gen.items()}
-        logits, log_lib = gen["scale_logits"], gen["log_library"]
-        if self.gene_likelihood == "zinb":
-            return zinb_log_likelihood(x, logits, log_lib, gen["theta"], gen["zi_logits"], **extra)
-        if self.gene_likelihood == "nb":
-            return nb_log_likelihood(x, logits, log_lib, gen["theta"], **extra)
-        return poisson_log_likelihood(x, logits, log_lib, **extra)
+        return count_log_likelihood(self.gene_likelihood, x, gen, mb)
 
     @staticmethod
     def log_scale(gen: dict) -> torch.Tensor:
@@ -310,6 +297,25 @@ class SCVIModule(nn.Module):
             kl_library = _kl_normal(inf["ql_m"], inf["ql_v"], prior_m, prior_v)
         loss = (reconstruction + kl_weight * kl_z + kl_library).mean()
         return LossTerms(loss, reconstruction, kl_z, kl_library)
+
+
+def count_log_likelihood(gene_likelihood: str, x, gen: dict, mb: dict) -> torch.Tensor:
+    """Full normalised log-likelihood per cell of the counts of a minibatch ``mb`` under the
+    decoder output ``gen`` (``scale_logits``, ``log_library``, ``theta``, ``zi_logits``)."""
+    extra = {
+        "log_x_factorial": mb["log_x_factorial"],
+        "nz_rows": mb.get("nz_rows"),
+        "nz_cols": mb.get("nz_cols"),
+        "nz_values": mb.get("nz_values"),
+    }
+    # under mixed precision the decoder's outputs may be bfloat16: the likelihood is float32
+    gen = {k: v.float() for k, v in gen.items()}
+    logits, log_lib = gen["scale_logits"], gen["log_library"]
+    if gene_likelihood == "zinb":
+        return zinb_log_likelihood(x, logits, log_lib, gen["theta"], gen["zi_logits"], **extra)
+    if gene_likelihood == "nb":
+        return nb_log_likelihood(x, logits, log_lib, gen["theta"], **extra)
+    return poisson_log_likelihood(x, logits, log_lib, **extra)
 
 
 def _log1p_and_totals(x, nz, n_cells: int, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,8 @@ from ._marginal_ll import marginal_ll
 from ._posterior import likelihood_parameters, posterior_predictive
 from ._scvi_apply import scvi_embed, scvi_normalize
 from ._scvi_train import scvi_train
+from ._totalvi_apply import totalvi_denoise, totalvi_embed, totalvi_evaluate
+from ._totalvi_train import totalvi_train
 from ._tune import tune
 
 __all__ = [
@@ -25,5 +27,9 @@ __all__ = [
     "scvi_evaluate",
     "scvi_normalize",
     "scvi_train",
+    "totalvi_denoise",
+    "totalvi_embed",
+    "totalvi_evaluate",
+    "totalvi_train",
     "tune",
 ]

@@ -100,9 +100,10 @@ def minibatches(
 
 def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -> dict:
     """``module.inference`` on a minibatch from :func:`minibatches` (from the stored posterior
-    on minified data)."""
+    on minified data; with the protein counts ``y`` for a multimodal model)."""
     if "qz_m" in mb:
         return stored_inference(module, mb, deterministic=deterministic)
+    extra = {"y": mb["y"]} if "y" in mb else {}
     return module.inference(
         mb["x"],
         mb["batch"],
@@ -110,6 +111,7 @@ def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -
         mb["cont_covs"],
         mb.get("size_factor"),
         deterministic=deterministic,
+        **extra,
     )
 
 

@@ -30,6 +30,7 @@ def evaluate_module(
     indices = np.arange(data.n_cells) if indices is None else np.asarray(indices)
     loader = MinibatchLoader(data, indices, batch_size=batch_size)
     rec = kl = 0.0
+    parts: dict[str, float] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for mb in loader:
@@ -37,11 +38,15 @@ def evaluate_module(
             terms = module(mb, kl_weight=1.0)
             rec += float(terms.reconstruction.double().sum())
             kl += float((terms.kl_z + terms.kl_library).double().sum())
+            # models with several terms (e.g. totalVI: RNA and protein) also report them apart
+            for name, value in getattr(terms, "parts", {}).items():
+                parts[name] = parts.get(name, 0.0) + float(value.double().sum())
     n = max(len(indices), 1)
     return {
         "elbo": -(rec + kl) / n,
         "reconstruction_error": rec / n,
         "kl": kl / n,
+        **{name: value / n for name, value in parts.items()},
         "n_cells": int(len(indices)),
     }
 
