@@ -220,7 +220,9 @@ CASES = {
     "backed AnnData, copy=True": Case(
         setup(copy=True), ValueError, (r"backed", r"adata.to_memory\(\)"), backed
     ),
-    "MuData to an AnnData tool": Case(setup(), TypeError, (r"MuData is not yet supported", r"mdata.mod\['rna'\]"), mudata_of),
+    "MuData without a protein modality": Case(
+        setup(), KeyError, (r"no protein modality 'prot'", r"protein_modality="), mudata_of
+    ),
     # tools called too early or with bad options
     "tl before setup_registry": Case(train(), KeyError, (r"no cellvi registry", r"cv.pp.setup_registry\(")),
     "tl before training": Case(embed, KeyError, (r"No trained model", r"cv.tl.scvi_train\(adata"), base="registered"),
@@ -285,26 +287,23 @@ def _query(genes):
     return call
 
 
-#: Cases for features in flight: they run as soon as the function they call exists. The calls
-#: follow the issue's words; adjust names and message fragments to the merged API if needed.
+#: Cases for the multimodal registry and query mapping (skipped if those tools are absent).
 PENDING = {
-    "MuData missing a modality": pytest.param(
+    "MuData missing the RNA modality": pytest.param(
         Case(
-            lambda m, t: cv.tl.totalvi_train(m),
-            (KeyError, ValueError),
-            (r"'prot'",),
-            lambda a, t: _two_modalities(a, t, drop="prot"),
-            base="registered",
+            lambda m, t: cv.pp.setup_registry(m, batch_key="batch"),
+            KeyError,
+            (r"'rna'", r"rna_modality="),
+            lambda a, t: _two_modalities(a, t, drop="rna"),
         ),
         marks=_needs("totalvi_train"),
     ),
     "modalities with different cells": pytest.param(
         Case(
-            lambda m, t: cv.tl.totalvi_train(m),
+            lambda m, t: cv.pp.setup_registry(m),
             ValueError,
-            (r"cells",),
+            (r"must hold the same cells", r"mu.pp.intersect_obs\(mdata\)"),
             lambda a, t: _two_modalities(a, t, fewer_cells=True),
-            base="registered",
         ),
         marks=_needs("totalvi_train"),
     ),
