@@ -43,7 +43,7 @@ def trained() -> mu.MuData:
     return mdata
 
 
-def test_planted_rna_and_protein_de_found(trained):
+def test_planted_rna_and_protein_de_found(trained, tmp_path):
     mdata = trained
     cv.tl.differential_expression(
         mdata, groupby="group", groups="g0", key="totalvi", key_added=KEY, n_samples=1000
@@ -73,10 +73,34 @@ def test_planted_rna_and_protein_de_found(trained):
     np.testing.assert_allclose(
         prot.loc["protein:prot0", "raw_mean1"], mdata["prot"].X[g0, 0].mean(), rtol=1e-5
     )
+    # the results survive write_h5mu / read_h5mu
+    mdata.write_h5mu(tmp_path / "de.h5mu")
+    back = cv.tl.differential_expression_df(mu.read_h5mu(tmp_path / "de.h5mu"), "g0", key=KEY)
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
 
 
-def test_mudata_groupby_columns_and_errors(trained):
+def test_joint_groupby_column_all_groups_batch_correction(trained):
+    mdata = trained.copy()
+    options = {"key": "totalvi", "n_samples": 200, "seed": 3}
+    cv.tl.differential_expression(mdata, groupby="group", key_added="by_rna", **options)
+    # the same grouping as a joint column of mdata.obs gives the same results
+    mdata.obs["joint"] = mdata["rna"].obs["group"].to_numpy()
+    cv.tl.differential_expression(mdata, groupby="joint", key_added="by_joint", **options)
+    a, b = (cv.tl.differential_expression_df(mdata, key=k) for k in ("by_rna", "by_joint"))
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a["group"].cat.categories) == ["g0", "g1", "g2"] and len(a) == 3 * 106
+    cv.tl.differential_expression(
+        mdata, groupby="group", key_added="corrected", batch_correction=True, **options
+    )
+    c = cv.tl.differential_expression_df(mdata, key="corrected")
+    assert np.isfinite(c[["scores", "logfoldchanges", "scale1"]].to_numpy()).all()
+    assert not np.allclose(c["scale1"], a["scale1"])  # decoded in both batches, not its own
+    assert mdata.uns["corrected"]["params"]["batch_correction"] is True
+
+
+def test_bad_groupby_changes_nothing(trained):
     mdata = trained
+    before = set(mdata.uns)
     with pytest.raises(KeyError, match="not a column"):
         cv.tl.differential_expression(mdata, groupby="nope", key="totalvi")
-    assert not any(k.startswith("rank_genes_groups") and k != KEY for k in mdata.uns)
+    assert set(mdata.uns) == before
