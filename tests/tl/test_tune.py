@@ -195,7 +195,10 @@ def test_integration_metric_and_train_best(registered):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"model": "totalvi"}, "model='totalvi' cannot be tuned .* available: \\['scvi'\\]"),
+        (
+            {"model": "peakvi"},
+            "model='peakvi' cannot be tuned .* available: \\['scvi', 'totalvi'\\]",
+        ),
         ({"metric": "accuracy"}, "metric='accuracy' is not known"),
         ({"search_space": {"n_latnt": ("int", 2, 5)}}, "are not arguments"),
         ({"train_kwargs": {"n_latent": 5}, "search_space": SPACE}, "both searched and fixed"),

@@ -18,6 +18,7 @@ from ..models.scvi import SCVIModule
 def encode(module: SCVIModule, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Parameters of ``q(z | x)`` (``qz_m``, ``qz_v``) and, for a learned library size,
     ``q(l | x)`` (``ql_m``, ``ql_v``); otherwise the observed ``log_library``."""
+    proteins = {"y": mb["y"]} if "y" in mb else {}  # totalVI encodes RNA and proteins
     inf = module.inference(
         mb["x"],
         mb["batch"],
@@ -25,6 +26,7 @@ def encode(module: SCVIModule, mb: dict[str, torch.Tensor]) -> dict[str, torch.T
         mb["cont_covs"],
         mb.get("size_factor"),
         deterministic=True,
+        **proteins,
     )
     keep = ("qz_m", "qz_v", "ql_m", "ql_v") if "ql_m" in inf else ("qz_m", "qz_v", "log_library")
     return {k: inf[k] for k in keep}
@@ -50,17 +52,28 @@ def log_scale(
 
     ``batch_codes``: decode every row as if from each of these batches and average the
     proportions (``None``: each row's own batch), as ``cv.tl.scvi_normalize`` does with
-    ``transform_batch``.
+    ``transform_batch``. For totalVI the log denoised proteins follow the genes (columns).
     """
     log_lib = torch.zeros(z.shape[0], device=z.device)  # proportions do not depend on it
     rest = (covariates["labels"], covariates["cat_covs"], covariates["cont_covs"])
     if batch_codes is None:
-        return module.log_scale(module.generative(z, log_lib, covariates["batch"], *rest)).float()
+        return _log_features(module, module.generative(z, log_lib, covariates["batch"], *rest))
     parts = []
     for code in batch_codes:
         batch = torch.full_like(covariates["batch"], int(code))
-        parts.append(module.log_scale(module.generative(z, log_lib, batch, *rest)).float())
+        parts.append(_log_features(module, module.generative(z, log_lib, batch, *rest)))
     return torch.logsumexp(torch.stack(parts), dim=0) - math.log(len(parts))
+
+
+def _log_features(module, gen: dict) -> torch.Tensor:
+    """scVI: log proportions of the genes. totalVI: the genes' log proportions, then the log
+    denoised protein expression (expected foreground counts, background removed)."""
+    if not hasattr(module, "protein_mean"):
+        return module.log_scale(gen).float()
+    rna = torch.log_softmax(gen["scale_logits"].float(), dim=-1)
+    # log(p_fore * exp(log_fore)), stable for saturated foreground probabilities
+    protein = F.logsigmoid(-gen["background_logits"].float()) + gen["log_fore"].float()
+    return torch.cat([rna, protein], dim=-1)
 
 
 def log_normal(x: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ..analysis.de_sampling import cells_for_draws, concat_draws, decode_draws, 
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
 from ._common import inference_device, load_model
+from ._de_inputs import DEInputs, totalvi_inputs
 from ._de_results import rank_genes_groups_layout
 from ._model_kind import require_model
 
@@ -64,11 +65,11 @@ class Grouping:
 
 
 def _grouping(
-    adata: AnnData, groupby: str, groups: str | Sequence[str], reference: str
+    obs: pd.DataFrame, groupby: str, groups: str | Sequence[str], reference: str
 ) -> Grouping:
-    if groupby not in adata.obs:
+    if groupby not in obs:
         raise KeyError(f"groupby={groupby!r} is not a column of adata.obs.")
-    column = adata.obs[groupby].astype("category")
+    column = obs[groupby].astype("category")
     categories = [str(c) for c in column.cat.categories]
     codes = column.cat.codes.to_numpy().astype(np.int64)
     present = [c for i, c in enumerate(categories) if (codes == i).any()]
@@ -115,12 +116,19 @@ def differential_expression(
     before the encoder runs; ``rest`` draws come from every other group in proportion to its
     size. See ``docs/analysis.md``.
 
+    For a totalVI model (``adata`` a MuData, or an AnnData with proteins in ``.obsm``) the
+    genes (normalised expression) are followed by the proteins (denoised foreground
+    expression, background removed), named ``"protein:<name>"``, in the same tables; the
+    expected FDR is computed over the genes and over the proteins separately, and proteins
+    use a pseudocount of 0.1 counts. See ``docs/totalvi.md``.
+
     Parameters
     ----------
     adata
         Data with a trained model (e.g. freshly read from an ``.h5ad``).
     groupby
-        ``adata.obs`` column defining the groups.
+        ``adata.obs`` column defining the groups (for a MuData: of ``mdata.obs``, else of the
+        RNA modality's ``.obs``).
     groups
         Groups to test (``"all"``: every group with cells, except the reference).
     reference
@@ -158,7 +166,7 @@ def differential_expression(
     arrays with one column per group, genes in decreasing ``scores`` order:
 
     ``names``
-        Gene names.
+        Gene names (totalVI: then ``"protein:<name>"``).
     ``scores``
         Posterior probability of up-regulation in the group minus that of down-regulation,
         ``P(LFC > delta) - P(LFC < -delta)`` (``delta = 0`` in vanilla mode), in [-1, 1];
@@ -175,17 +183,22 @@ def differential_expression(
     ``pts``, ``pts_rest``
         DataFrames (genes x groups): fraction of cells with a non-zero count.
     ``params``
-        ``groupby``, ``reference``, ``method``, ``use_raw`` (scanpy's) and every argument.
+        ``groupby``, ``reference``, ``method``, ``use_raw`` (scanpy's) and every argument;
+        totalVI adds ``n_proteins``, ``protein_prefix`` and ``protein_pseudocount``.
     """
     start = time.perf_counter()
     _check_args(mode, delta, fdr_target, n_samples, pseudocount)
     model = load_model(adata, key)
-    require_model(model, ("scvi",), "differential_expression")
-    grouping = _grouping(adata, groupby, groups, reference)
-    registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
+    kind = require_model(model, ("scvi", "totalvi"), "differential_expression")
+    inputs = totalvi_inputs(adata, model, groupby) if kind == "totalvi" else None
+    grouping = _grouping(adata.obs if inputs is None else inputs.obs, groupby, groups, reference)
+    if inputs is None:
+        registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
+        inputs = DEInputs(TensorData.from_registered(registered), registered.X, registered.X,
+                          list(model.var_names), adata.obs)  # fmt: skip
     seed = settings.seed if seed is None else int(seed)
     if pseudocount is None:
-        totals = np.asarray(registered.X.sum(axis=1)).ravel()
+        totals = np.asarray(inputs.rna_counts.sum(axis=1)).ravel()
         pseudocount = 0.1 / max(float(np.median(totals)), 1.0)
     draws = DrawSettings(
         n_samples=int(n_samples),
@@ -194,15 +207,20 @@ def differential_expression(
         batch_size=batch_size,
     )
     stats = {"mode": mode, "delta": float(delta), "pseudocount": float(pseudocount)}
-    tables = _compare(model.module, TensorData.from_registered(registered), grouping, draws, stats)
+    families = inputs.families(float(pseudocount))
+    tables = _compare(model.module, inputs.data, grouping, draws, stats, families)
     pts, pts_rest = (
-        pd.DataFrame(frac, index=pd.Index(model.var_names))
-        for frac in _raw_summaries(registered.X, grouping, tables)
+        pd.DataFrame(frac, index=pd.Index(inputs.names))
+        for frac in _raw_summaries(inputs.counts, grouping, tables)
     )
     for table in tables.values():
-        table["expected_fdr"] = expected_fdr(table["proba_de"].to_numpy())
+        # the expected FDR is per family of features (all genes; for totalVI, all proteins)
+        fdr = np.empty(len(table))
+        for columns, _ in families:
+            fdr[columns] = expected_fdr(table["proba_de"].to_numpy()[columns])
+        table["expected_fdr"] = fdr
         table["is_de_fdr"] = table["expected_fdr"] <= fdr_target
-        table["names"] = list(model.var_names)
+        table["names"] = inputs.names
     params = {
         "groupby": groupby,
         "reference": reference,
@@ -217,6 +235,7 @@ def differential_expression(
         "pseudocount": float(pseudocount),
         "seed": seed,
         "groups": grouping.tested,
+        **inputs.params(),
     }
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = rank_genes_groups_layout(tables, params, pts, pts_rest)
@@ -237,7 +256,7 @@ class DrawSettings:
 
 @torch.inference_mode()
 def _compare(
-    module, data: TensorData, grouping: Grouping, draws: DrawSettings, stats: dict
+    module, data: TensorData, grouping: Grouping, draws: DrawSettings, stats: dict, families
 ) -> dict[str, pd.DataFrame]:
     """Statistics of each tested group against its reference."""
     device = inference_device(module)
@@ -272,7 +291,15 @@ def _compare(
             log2 = decode_draws(
                 module, pool, torch.as_tensor(index2, device=device), draws.batch_codes
             )
-            tables[group] = pd.DataFrame(de_statistics(log1, log2, **stats))
+            tables[group] = pd.concat(
+                [
+                    pd.DataFrame(
+                        de_statistics(log1[:, cols], log2[:, cols], **{**stats, "pseudocount": pc})
+                    )
+                    for cols, pc in families
+                ],
+                ignore_index=True,
+            )
     return tables
 
 

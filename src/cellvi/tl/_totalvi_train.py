@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -83,6 +85,7 @@ def totalvi_train(
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
+    callbacks: Sequence[pl.Callback] | None = None,
     copy: bool = False,
 ):
     """Train a totalVI model on RNA and protein counts; store its joint latent and the model.
@@ -135,6 +138,8 @@ def totalvi_train(
         Random seed (``None``: ``cv.settings.seed``).
     precision, accelerator, devices
         As in :func:`cellvi.tl.scvi_train`.
+    callbacks
+        Extra Lightning callbacks for the trainer (e.g. pruning in :func:`cellvi.tl.tune`).
     copy
         Return a trained copy instead of writing to ``mdata``.
 
@@ -149,7 +154,7 @@ def totalvi_train(
         ``protein_names``, ``weights``, ``history``, ``validation_indices``, ``metrics``,
         ``versions``, ``session_info`` and the format version.
     """
-    params = {k: v for k, v in locals().items() if k not in ("mdata", "copy")}
+    params = {k: v for k, v in locals().items() if k not in ("mdata", "copy", "callbacks")}
     start = time.perf_counter()
     _check_training_args(
         max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup,
@@ -189,6 +194,7 @@ def totalvi_train(
         check_val_every_n_epoch=check_val_every_n_epoch, accelerator=accelerator,
         devices=devices, progress_bar=settings.progress_bar,
         description=f"totalVI ({key_added})", precision=params["precision"],
+        callbacks=callbacks,
     )  # fmt: skip
     module = plan.module.cpu().eval()
     latent = compute_latent(module, data)

@@ -44,6 +44,11 @@ def _check_fixed(train_kwargs, allowed, space: SearchSpace, model: str) -> dict[
 def _objective(adata, *, model, search_space, metric, train_kwargs, n_cells_integration, seed):
     """Check every option against the data and build the objective (nothing trained yet)."""
     entry, metric = get_model(model), get_metric(metric)
+    if not metric.needs_validation and not entry.integration:
+        raise ValueError(
+            f"metric={metric.name!r} is not available for model={model!r}; use "
+            "'elbo_validation' or 'reconstruction_validation'."
+        )
     allowed = tunable_arguments(entry.train)
     if search_space is None:  # the default space, less what the caller fixes
         fixed_names = set(train_kwargs)
@@ -103,7 +108,7 @@ def tune(
     adata
         Annotated data matrix with a cellvi registry.
     model
-        Model to tune (``"scvi"``).
+        Model to tune (``"scvi"``, or ``"totalvi"`` on RNA + protein data).
     n_trials
         Trials this call runs (with a shared storage: per worker).
     search_space

@@ -11,6 +11,7 @@ from typing import Any
 
 from anndata import AnnData
 
+from ..data._mudata import get_protein_registry, is_mudata
 from ..data.registry import REGISTRY_KEY, get_registry
 
 
@@ -26,6 +27,32 @@ def shared_anndata(adata: AnnData) -> AnnData:
         layers=dict(adata.layers),
         uns={REGISTRY_KEY: adata.uns[REGISTRY_KEY]},
     )
+
+
+def shared_protein_data(data):
+    """Like :func:`shared_anndata` for RNA + protein data: a MuData of shared modalities (with
+    the joint ``.obs`` columns), or an AnnData that also shares the protein ``.obsm`` entry."""
+    if not is_mudata(data):
+        trial = shared_anndata(data)
+        spec = get_protein_registry(data, REGISTRY_KEY)["protein"]
+        if str(spec["source"]) == "obsm":
+            key = str(spec["protein_obsm_key"])
+            trial.obsm[key] = data.obsm[key]
+        return trial
+    import mudata
+
+    mods = {name: _shared_modality(mod) for name, mod in data.mod.items()}
+    trial = mudata.MuData(mods)
+    for column in data.obs.columns:  # joint columns (e.g. a batch key set on the MuData)
+        if column not in trial.obs.columns:
+            trial.obs[column] = data.obs[column].to_numpy()
+    trial.uns[REGISTRY_KEY] = data.uns[REGISTRY_KEY]
+    return trial
+
+
+def _shared_modality(adata: AnnData) -> AnnData:
+    """One modality's matrices and annotations, shared, without ``.uns``."""
+    return AnnData(X=adata.X, obs=adata.obs, var=adata.var, layers=dict(adata.layers))
 
 
 @dataclass(frozen=True)
@@ -72,6 +99,8 @@ class TunableModel:
         The registry that describes the data (for batch and label codes).
     trial_data
         A per-trial object sharing the caller's data (see :func:`shared_anndata`).
+    integration
+        Whether the ``"integration"`` metric is available (it embeds RNA-only cells).
     """
 
     train: Callable[..., Any]
@@ -80,6 +109,7 @@ class TunableModel:
     final_keys: Mapping[str, str]
     registry: Callable[[Any], dict] = get_registry
     trial_data: Callable[[Any], Any] = shared_anndata
+    integration: bool = True
 
 
 def _scvi() -> TunableModel:
@@ -106,8 +136,36 @@ def _scvi() -> TunableModel:
     )
 
 
+def _totalvi() -> TunableModel:
+    from ..tl._totalvi_train import totalvi_train
+
+    return TunableModel(
+        train=totalvi_train,
+        default_search_space={
+            "n_latent": ("int", 5, 30),
+            "n_hidden": ("cat", [64, 128, 256]),
+            "n_layers_encoder": ("int", 1, 3),
+            "dropout_rate": ("float", 0.0, 0.3),
+            "lr": ("float_log", 1e-4, 1e-2),
+            "gene_likelihood": ("cat", ["nb", "zinb"]),
+            "protein_dispersion": ("cat", ["protein", "protein-batch"]),
+        },
+        history_keys={
+            "elbo_validation": "elbo_validation",
+            "reconstruction_validation": "reconstruction_validation",
+        },
+        final_keys={
+            "elbo_validation": "elbo_validation",
+            "reconstruction_validation": "reconstruction_error_validation",
+        },
+        registry=lambda data: get_protein_registry(data, REGISTRY_KEY),
+        trial_data=shared_protein_data,
+        integration=False,
+    )
+
+
 #: Model name -> a function returning its entry (imported lazily: tl imports this package).
-MODELS: dict[str, Callable[[], TunableModel]] = {"scvi": _scvi}
+MODELS: dict[str, Callable[[], TunableModel]] = {"scvi": _scvi, "totalvi": _totalvi}
 
 
 def get_model(name: str) -> TunableModel:

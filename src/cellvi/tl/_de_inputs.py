@@ -1,0 +1,64 @@
+"""What differential expression compares, per model: scVI's genes, or totalVI's genes and
+denoised proteins (named ``"protein:<name>"`` so they never clash with gene names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from scipy import sparse
+
+from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
+from ..data._protein_loader import ProteinTensorData
+from ..data.loader import TensorData
+from ..data.registry import extract_registered_data
+from ..lifecycle.payload import to_builtin
+from ._common import LoadedModel
+
+#: Prefix of protein names in totalVI DE results.
+PROTEIN_PREFIX = "protein:"
+#: Added to denoised protein expression (counts) before the log fold change: a tenth of a count.
+PROTEIN_PSEUDOCOUNT = 0.1
+
+
+@dataclass
+class DEInputs:
+    """Model inputs, raw counts (features in columns) and names of the compared features."""
+
+    data: TensorData
+    rna_counts: Any
+    counts: Any
+    names: list[str]
+    obs: pd.DataFrame
+    n_proteins: int = field(default=0)
+
+    def families(self, pseudocount: float) -> list[tuple[slice, float]]:
+        """Feature columns tested together, and the pseudocount of each: genes, then proteins."""
+        if not self.n_proteins:
+            return [(slice(None), pseudocount)]
+        n_genes = len(self.names) - self.n_proteins
+        return [(slice(0, n_genes), pseudocount), (slice(n_genes, None), PROTEIN_PSEUDOCOUNT)]
+
+    def params(self) -> dict[str, Any]:
+        if not self.n_proteins:
+            return {}
+        return {
+            "n_proteins": self.n_proteins,
+            "protein_prefix": PROTEIN_PREFIX,
+            "protein_pseudocount": PROTEIN_PSEUDOCOUNT,
+        }
+
+
+def totalvi_inputs(data, model: LoadedModel, groupby: str) -> DEInputs:
+    """RNA + protein inputs of a MuData (or AnnData with ``.obsm`` proteins); ``groupby`` is
+    looked up in the MuData's ``.obs``, then in the RNA modality's."""
+    proteins = [str(p) for p in to_builtin(model.payload["protein_names"])]
+    rna = rna_anndata(data, model.registry)
+    registered = extract_registered_data(rna, model.registry, var_names=model.var_names)
+    protein, _ = dense_protein_counts(data, model.registry["protein"], expected_names=proteins)
+    tensors = ProteinTensorData.from_registered_with_proteins(registered, protein)
+    obs = data.obs if (not is_mudata(data) or groupby in data.obs) else rna.obs
+    counts = sparse.hstack([sparse.csr_matrix(registered.X), sparse.csr_matrix(protein)]).tocsr()
+    names = [*map(str, model.var_names), *(PROTEIN_PREFIX + p for p in proteins)]
+    return DEInputs(tensors, registered.X, counts, names, obs, n_proteins=len(proteins))
