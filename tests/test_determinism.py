@@ -1,8 +1,8 @@
 """Same seed and data on CPU: identical model, latent, normalised expression and metrics.
 
 Across processes the same holds (the SIGKILL test in ``tests/train/test_checkpoint.py`` compares
-weights trained in a subprocess with weights trained here). Differential expression is built on
-another branch; its table should join ``test_same_seed_gives_identical_results`` once merged.
+weights trained in a subprocess with weights trained here). The differential expression table
+is part of the comparison too.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ def _outputs(adata, seed: int, precision: str) -> dict:
     out = cv.tl.scvi_train(adata, copy=True, seed=seed, precision=precision, **FAST)
     cv.tl.scvi_normalize(out)
     cv.tl.scvi_normalize(out, n_samples=3, layer_added="sampled")
+    cv.tl.differential_expression(out, groupby="batch", n_samples=200, seed=seed)
+    de = cv.tl.differential_expression_df(out)
     payload = out.uns["scvi"]
     return {
+        "de_table": de.select_dtypes("number").to_numpy(),
+        "de_genes": np.asarray(de["names"], dtype=str),
         "latent": out.obsm["X_scvi"],
         "weights": payload["weights"],
         "normalized": out.layers["scvi_normalized"],
