@@ -38,6 +38,15 @@ class LossTerms:
     kl_library: torch.Tensor
 
 
+def _check_shape(dropout_rate: float, **positive_ints: int) -> None:
+    """Network sizes must be positive integers and the dropout rate in [0, 1)."""
+    for name, value in positive_ints.items():
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+
+
 def _check_option(name: str, value: str, valid: Sequence[str]) -> None:
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {list(valid)}.")
@@ -99,17 +108,14 @@ class SCVIModule(nn.Module):
         use_layer_norm: str = "none",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("n_input", n_input),
-            ("n_hidden", n_hidden),
-            ("n_latent", n_latent),
-            ("n_layers", n_layers),
-            ("batch_embedding_dim", batch_embedding_dim),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+        _check_shape(
+            dropout_rate,
+            n_input=n_input,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            batch_embedding_dim=batch_embedding_dim,
+        )
         _check_option("dispersion", dispersion, DISPERSIONS)
         _check_option("gene_likelihood", gene_likelihood, GENE_LIKELIHOODS)
         _check_option("latent_distribution", latent_distribution, LATENT_DISTRIBUTIONS)

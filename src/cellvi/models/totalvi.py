@@ -32,6 +32,7 @@ from .scvi import (
     NORM_PLACEMENTS,
     LossTerms,
     _check_option,
+    _check_shape,
     _kl_normal,
     _kl_standard_normal,
     count_log_likelihood,
@@ -115,18 +116,15 @@ class TOTALVIModule(nn.Module):
         use_layer_norm: str = "none",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("n_genes", n_genes),
-            ("n_proteins", n_proteins),
-            ("n_hidden", n_hidden),
-            ("n_latent", n_latent),
-            ("n_layers_encoder", n_layers_encoder),
-            ("n_layers_decoder", n_layers_decoder),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+        _check_shape(
+            dropout_rate,
+            n_genes=n_genes,
+            n_proteins=n_proteins,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers_encoder=n_layers_encoder,
+            n_layers_decoder=n_layers_decoder,
+        )
         _check_option("gene_dispersion", gene_dispersion, GENE_DISPERSIONS)
         _check_option("protein_dispersion", protein_dispersion, PROTEIN_DISPERSIONS)
         _check_option("gene_likelihood", gene_likelihood, GENE_LIKELIHOODS)
