@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 BATCH_REPRESENTATIONS = ("one-hot", "embedding")
 
 
@@ -110,7 +112,7 @@ class MLP(nn.Module):
                 self.norms.append(nn.LayerNorm(n_out, elementwise_affine=False))
             else:
                 self.norms.append(nn.Identity())
-        self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
+        self.dropout = Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
 
     def forward(
         self,
