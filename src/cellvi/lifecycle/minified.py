@@ -90,7 +90,7 @@ def stored_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool
         z = F.softmax(z, dim=-1)
     out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
     ql_m, ql_v = mb["log_library_m"], mb["log_library_v"]
-    if module.l_encoder is None:
+    if getattr(module, "l_encoder", None) is None:  # observed library (always for totalVI)
         out["log_library"] = ql_m
     else:
         log_l = ql_m if deterministic else ql_m + ql_v.sqrt() * torch.randn_like(ql_m)
