@@ -88,12 +88,12 @@ def model_card(
     versions = config.get("versions") or {}
     if versions:
         body += ["## Versions", "", *_table(list(versions.items()), ("package", "version")), ""]
-    body += _shared_data(data, repo_id, data_file or "adata.h5ad")
+    body += _shared_data(data, repo_id, data_file or "adata.h5ad", model)
     body += _how_to_load(repo_id, int(registry["n_vars"]))
     return "\n".join(front + body) + "\n"
 
 
-def _shared_data(data: str | None, repo_id: str | None, data_file: str) -> list[str]:
+def _shared_data(data: str | None, repo_id: str | None, data_file: str, model: str) -> list[str]:
     if data is None:
         return []
     what = (
@@ -102,7 +102,9 @@ def _shared_data(data: str | None, repo_id: str | None, data_file: str) -> list[
         if data == "minified"
         else "the reference cells with their raw counts in the registered layer"
     )
-    call = f'cv.hub.pull_data("{repo_id}")' if repo_id else 'cv.hub.load_data("path/to/folder")'
+    where = f'"{repo_id}"' if repo_id else '"path/to/folder"'
+    key = "" if model == "scvi" else f', key="{model}"'  # where the model's tools look
+    call = f"cv.hub.{'pull_data' if repo_id else 'load_data'}({where}{key})"
     return [
         "## Reference data",
         "",
