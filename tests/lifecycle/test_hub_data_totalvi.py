@@ -54,10 +54,9 @@ def test_minified_mudata_denoises_embeds_and_tests_like_the_full_data(trained, t
     assert {p.name for p in folder.iterdir()} == {
         "model.safetensors", "config.json", "README.md", "mdata.h5mu"
     }  # fmt: skip
-    assert (
-        "`mdata.h5mu` holds the reference cells without their counts"
-        in (folder / "README.md").read_text()
-    )
+    card = (folder / "README.md").read_text()
+    assert "`mdata.h5mu` holds the reference cells without their counts" in card
+    assert 'cv.hub.load_data("path/to/folder", key="totalvi")' in card
     mini = cv.hub.load_data(folder, key="ref")  # another key than at saving
     assert mini["rna"].X.nnz == 0 and mini["prot"].X.nnz == 0  # no counts of either kind
     assert mini.obsm["ref_qz_m"].shape == (120, 4)
