@@ -108,5 +108,23 @@ def test_pull_data_downloads_the_data_file(monkeypatch, trained, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     mini = cv.hub.pull_data("org/name")
-    assert seen["allow_patterns"] == ["*.json", "*.safetensors", "README.md", "adata.h5ad"]
+    assert seen["allow_patterns"] == [
+        "*.json",
+        "*.safetensors",
+        "README.md",
+        "adata.h5ad",
+        "mdata.h5mu",
+    ]
     np.testing.assert_array_equal(mini.obsm["X_scvi"], trained.obsm["X_scvi"])
+
+
+def test_minified_data_differential_expression_matches_the_full_data(trained, tmp_path):
+    # the encoder must not run on the all-zero counts: DE reads the stored posterior
+    mini = cv.hub.load_data(cv.hub.save(trained, tmp_path / "m", include_data="minified"))
+    mini.obs["cell_type"] = trained.obs["cell_type"].to_numpy()
+    tables = []
+    for data in (trained, mini):
+        cv.tl.differential_expression(data, groupby="cell_type", groups=["type0"], seed=3)
+        tables.append(cv.tl.differential_expression_df(data, "type0").set_index("names"))
+    columns = ["proba_de", "lfc_median", "lfc_std", "scale1", "scale2"]
+    np.testing.assert_allclose(tables[1][columns], tables[0][columns], rtol=1e-4, atol=1e-6)

@@ -12,12 +12,20 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..models.scvi import SCVIModule
+from ..distributions._mixture_likelihood import nb_mixture_log_likelihood
+from ..lifecycle.minified import stored_inference
+from ..models.scvi import SCVIModule, count_log_likelihood
 
 
 def encode(module: SCVIModule, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Parameters of ``q(z | x)`` (``qz_m``, ``qz_v``) and, for a learned library size,
-    ``q(l | x)`` (``ql_m``, ``ql_v``); otherwise the observed ``log_library``."""
+    ``q(l | x)`` (``ql_m``, ``ql_v``); otherwise the observed ``log_library``.
+
+    On minified data (the minibatch carries a stored posterior) the stored one is returned.
+    """
+    if "qz_m" in mb:
+        inf = stored_inference(module, mb, deterministic=True)
+        return {k: v for k, v in inf.items() if k != "z"}
     proteins = {"y": mb["y"]} if "y" in mb else {}  # totalVI encodes RNA and proteins
     inf = module.inference(
         mb["x"],
@@ -90,6 +98,13 @@ def log_importance_weights(
     The density ratio is taken on the Gaussian variable the encoder draws, before a softmax
     for a logistic-normal latent: the Jacobian of the transform cancels in the ratio. With an
     observed library size, ``l`` is data, not a latent, and has no terms here.
+
+    For totalVI (the minibatch has protein counts ``y``) the target is ``log p(x, y)`` and the
+    proposal is the model's own variational family: ``q(z | x, y)`` and, for each protein, the
+    log background mean ``b ~ q(b | z) = N(back_mean, back_std^2)`` from the decoder, with
+    prior ``N(prior_mean, prior_std^2)`` per protein and batch. ``log p(y | z, b)`` and the
+    background terms count only the proteins measured in the cell's batch, as in the ELBO, so
+    one draw is an unbiased estimate of the ELBO that ``cv.tl.totalvi_evaluate`` reports.
     """
     post = encode(module, mb)
     covs = (mb["batch"], mb["labels"], mb["cat_covs"], mb["cont_covs"])
@@ -106,6 +121,27 @@ def log_importance_weights(
             log_w = log_w - log_normal(log_lib, post["ql_m"], post["ql_v"])
         else:
             log_lib = post["log_library"]
+        # totalVI's generative draws b ~ q(b | z) itself (its own non-deterministic path)
         gen = module.generative(to_latent(module, u), log_lib, *covs)
-        out.append(log_w + module.log_likelihood(mb["x"], gen, mb))
+        if "y" in mb:
+            out.append(log_w + _totalvi_log_joint(module, mb, gen))
+        else:
+            out.append(log_w + module.log_likelihood(mb["x"], gen, mb))
     return torch.stack(out)
+
+
+def _totalvi_log_joint(module, mb: dict[str, torch.Tensor], gen: dict) -> torch.Tensor:
+    """``log p(x | z) + log p(y | z, b) + log p(b) - log q(b | z)`` per cell, for the draw
+    ``b = gen["log_back"]``, over the proteins measured in each cell's batch."""
+    mask = module.protein_batch_mask[mb["batch"]]
+    log_back = gen["log_back"].float()
+    prior_m = module.prior_back_mean[mb["batch"]]
+    prior_v = torch.exp(2.0 * module.prior_back_log_std)[mb["batch"]]
+    log_ratio = log_normal(log_back, prior_m, prior_v)
+    log_ratio = log_ratio - log_normal(log_back, gen["back_mean"], gen["back_std"].square())
+    rna = count_log_likelihood(module.gene_likelihood, mb["x"], gen, mb)
+    protein = nb_mixture_log_likelihood(
+        mb["y"], log_back, gen["log_fore"].float(), gen["protein_theta"],
+        gen["background_logits"].float(), mask,
+    )  # fmt: skip
+    return rna + protein + (log_ratio * mask).sum(-1)

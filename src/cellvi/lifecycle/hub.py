@@ -8,11 +8,13 @@ A model folder holds three files, and a fourth when data is shared with the mode
     Every other field of the payload (see ``docs/payload.md``), numpy values made plain JSON.
 ``README.md``
     A model card with YAML front matter (``library_name: cellvi``) for the Hub.
-``adata.h5ad`` (``include_data=True`` or ``"minified"``)
-    The reference data, full or minified (see :mod:`cellvi.lifecycle.hub_data`).
+``adata.h5ad`` or ``mdata.h5mu`` (``include_data=True`` or ``"minified"``)
+    The reference data, full or minified (see :mod:`cellvi.lifecycle.hub_data`); a MuData
+    for a totalVI model trained on one.
 
 Reading a folder only ever opens ``config.json`` and ``model.safetensors`` (and, for
-:func:`load_data`, ``adata.h5ad``, which anndata reads without unpickling): no pickle, no code.
+:func:`load_data`, ``adata.h5ad`` or ``mdata.h5mu``, which anndata and mudata read without
+unpickling): no pickle, no code.
 :func:`pull` downloads only those names (and the card), so nothing else reaches the disk.
 """
 
@@ -23,24 +25,33 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
 
+from ..data._mudata import is_mudata
+from ..data._protein_loader import protein_tensor_data
 from ..data.registry import extract_registered_data
 from ..tl._common import compute_latent, get_payload, load_model, model_data
 from .hub_data import (
     DATA_FILE,
+    MUDATA_FILE,
     SHARED_DATA_KEY,
     IncludeData,
     check_include_data,
+    data_file,
+    read_data_file,
     rename_model_fields,
     shared_anndata,
+    write_data_file,
 )
 from .hub_json import from_json, to_json
 from .model_card import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, model_card
-from .payload import decode
+from .payload import decode, to_builtin
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 logger = logging.getLogger("cellvi")
 
@@ -69,17 +80,15 @@ def _write_folder(
     repo_id: str | None = None,
     data: AnnData | None = None,
 ) -> None:
-    """The model files, and ``adata.h5ad`` when ``data`` is given (else any old one goes)."""
+    """The model files, and the data file when ``data`` is given (else any old one goes)."""
     config = to_json({k: v for k, v in payload.items() if k != "weights"})
+    written = None if data is None else data_file(data)
     (path / WEIGHTS_FILE).write_bytes(np.asarray(payload["weights"], dtype=np.uint8).tobytes())
     text = json.dumps(config, indent=2, ensure_ascii=False)
     (path / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
-    card = model_card(config, license, repo_id, data=_data_kind(data))
+    card = model_card(config, license, repo_id, data=_data_kind(data), data_file=written)
     (path / CARD_FILE).write_text(card, encoding="utf-8")
-    if data is None:
-        (path / DATA_FILE).unlink(missing_ok=True)  # never leave data of an older model
-    else:
-        data.write_h5ad(path / DATA_FILE, compression="gzip")
+    write_data_file(data, path)
 
 
 def _data_kind(data: AnnData | None) -> str | None:
@@ -109,19 +118,22 @@ def save(
     Parameters
     ----------
     adata
-        Annotated data matrix holding a trained model (``cv.tl.scvi_train``).
+        Annotated data matrix holding a trained model (``cv.tl.scvi_train``), or the MuData
+        (or AnnData with proteins in ``.obsm``) of a totalVI model (``cv.tl.totalvi_train``).
     path
         Folder to write; created if needed. It must not exist or be empty.
     key
         Key of the model in ``adata.uns``.
     include_data
-        Also write ``adata.h5ad`` with the reference data (read it back with
-        :func:`load_data`): ``True``, the registered counts, ``obs`` columns and the latent;
-        ``"minified"``, the same without counts but with each cell's latent posterior (mean,
-        variance) and library size, enough for ``cv.tl.scvi_embed``, ``cv.tl.scvi_normalize``
-        and posterior sampling on the reference.
+        Also write ``adata.h5ad`` with the reference data (``mdata.h5mu`` for a totalVI
+        model trained on a MuData; read it back with :func:`load_data`): ``True``, the
+        registered counts (RNA and proteins), ``obs`` columns and the latent; ``"minified"``,
+        the same without counts but with each cell's latent posterior (mean, variance) and
+        library size, enough for ``cv.tl.scvi_embed``, ``cv.tl.scvi_normalize``, posterior
+        sampling, ``cv.tl.totalvi_embed``, ``cv.tl.totalvi_denoise``,
+        ``cv.tl.latent_posterior`` and ``cv.tl.differential_expression`` on the reference.
     overwrite
-        Write into a non-empty folder, replacing the model files (an ``adata.h5ad`` of an
+        Write into a non-empty folder, replacing the model files (a data file of an
         earlier save is removed unless data is written; other files are left as they are).
     license
         License in the model card's metadata (a Hugging Face license identifier).
@@ -180,9 +192,10 @@ def load(
     path
         The model folder.
     adata
-        Data to put the model into. It must have the model's genes in the same order and the
-        registered layer and obs columns, with known categories; it is checked before anything
-        is written to it.
+        Data to put the model into (an AnnData; for a totalVI model a MuData or AnnData laid
+        out like its training data). It must have the model's genes (and proteins) in the same
+        order and the registered layers and obs columns, with known categories; it is checked
+        before anything is written to it.
     key
         Key in ``adata.uns`` to put the model under (also used in messages).
 
@@ -199,16 +212,21 @@ def _load(path: Path, adata: AnnData | None, key: str, *, source: str) -> dict[s
     payload = _read_folder(path, key, source)
     if adata is None:
         return payload
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-    # raises a clear error naming the fix for wrong genes, columns or categories
-    extract_registered_data(adata, payload["registry"], var_names=payload["var_names"])
+    if not (isinstance(adata, AnnData) or is_mudata(adata)):
+        raise TypeError(f"adata must be an AnnData or MuData, got {type(adata).__name__}.")
+    # raises a clear error naming the fix for wrong genes, proteins, columns or categories
+    registry = payload["registry"]
+    if "protein" in registry:
+        names = to_builtin(payload["protein_names"])
+        protein_tensor_data(adata, registry, var_names=payload["var_names"], protein_names=names)
+    else:
+        extract_registered_data(adata, registry, var_names=payload["var_names"])
     adata.uns[key] = payload
     logger.info(f"    loaded the model from {source} into adata.uns[{key!r}]")
     return None
 
 
-def load_data(path: str | Path, *, key: str = "scvi") -> AnnData:
+def load_data(path: str | Path, *, key: str = "scvi") -> AnnData | MuData:
     """The reference data saved with a model (``cv.hub.save(..., include_data=...)``), with the
     model in ``.uns[key]``.
 
@@ -221,25 +239,19 @@ def load_data(path: str | Path, *, key: str = "scvi") -> AnnData:
 
     Returns
     -------
-    The AnnData of ``adata.h5ad``: the registered ``obs`` columns, the genes, the latent
+    The AnnData of ``adata.h5ad`` (the MuData of ``mdata.h5mu`` for a totalVI model trained
+    on one): the registered ``obs`` columns, the genes (and proteins), the latent
     ``obsm["X_" + key]``, the model in ``uns[key]`` and either the registered counts or, when
-    minified, the latent posterior (``obsm[key + "_qz_m"]``, ``obsm[key + "_qz_v"]``) and log
-    library sizes (``obs[key + "_log_library_m"]``, ``obs[key + "_log_library_v"]``) that
-    ``cv.tl`` functions use in place of the counts.
+    minified, all-zero counts and the latent posterior (``obsm[key + "_qz_m"]``,
+    ``obsm[key + "_qz_v"]``) and log library sizes (``obs[key + "_log_library_m"]``,
+    ``obs[key + "_log_library_v"]``) that ``cv.tl`` functions use in place of the counts.
     """
     return _load_data(Path(path), key, source=str(path))
 
 
-def _load_data(path: Path, key: str, *, source: str) -> AnnData:
-    import anndata
-
-    if not (path / DATA_FILE).is_file():
-        raise FileNotFoundError(
-            f"{source} has no {DATA_FILE}: the model was saved without data. Save it with "
-            "`cv.hub.save(adata, path, include_data=True)` (or 'minified'), or load the model "
-            "into your own data with `cv.hub.load(path, adata)`."
-        )
-    adata = rename_model_fields(anndata.read_h5ad(path / DATA_FILE), key)
+def _load_data(path: Path, key: str, *, source: str) -> AnnData | MuData:
+    adata = read_data_file(path, source)
+    adata = rename_model_fields(adata, key)
     _load(path, adata, key, source=source)
     if f"X_{key}" not in adata.obsm:  # minified: the latent mean is the stored posterior's
         model = load_model(adata, key)
@@ -349,7 +361,7 @@ def pull_data(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
-) -> AnnData:
+) -> AnnData | MuData:
     """Download a model and the reference data pushed with it (``include_data=``).
 
     Parameters
@@ -363,9 +375,10 @@ def pull_data(
 
     Returns
     -------
-    The reference data with the model in ``.uns[key]``, as :func:`load_data` gives it.
+    The reference data (AnnData or MuData) with the model in ``.uns[key]``, as
+    :func:`load_data` gives it.
     """
-    patterns = [*ALLOW_PATTERNS, DATA_FILE]
+    patterns = [*ALLOW_PATTERNS, DATA_FILE, MUDATA_FILE]
     folder = _download(repo_id, revision, cache_dir, local_files_only, patterns)
     return _load_data(folder, key, source=f"the Hub repository {repo_id!r}")
 

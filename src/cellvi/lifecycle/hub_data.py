@@ -3,12 +3,18 @@
 ``include_data=True`` shares what the model reads: the registered counts (in the registered
 layer), the registered ``obs`` columns, the genes and the latent ``obsm["X_" + key]``.
 ``include_data="minified"`` shares the same without counts (and without the latent, which
-``load_data`` recomputes): the latent posterior and library sizes of every cell (see :mod:`cellvi.lifecycle.minified`), enough to embed, normalise and
-decode the reference again, at a fraction of the size.
+``load_data`` recomputes): the latent posterior and library sizes of every cell (see
+:mod:`cellvi.lifecycle.minified`), enough to embed, normalise and decode the reference again,
+at a fraction of the size.
+
+A totalVI model's data keeps the layout it was registered with: a MuData (``mdata.h5mu``)
+with the RNA and protein modalities, or an AnnData with the protein counts in ``.obsm``
+(``adata.h5ad``); minified, its protein counts are all zero too.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -18,6 +24,7 @@ import torch
 from anndata import AnnData
 
 from ..data._format import str_list
+from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
 from ..data.registry import extract_registered_data
 from ..tl._common import (
     LoadedModel,
@@ -29,8 +36,11 @@ from ..tl._common import (
     run_inference,
 )
 from .minified import MINIFIED_KEY, field_names, require_counts, write_posterior
+from .payload import to_builtin
 
 DATA_FILE = "adata.h5ad"
+#: The data file of a model trained on a MuData (totalVI): the same, as a MuData.
+MUDATA_FILE = "mdata.h5mu"
 #: ``uns`` entry of the shared AnnData: the model key it was saved under and what it holds.
 SHARED_DATA_KEY = "cellvi_shared_data"
 IncludeData = bool | Literal["minified"]
@@ -68,31 +78,105 @@ def compute_posterior(model: LoadedModel, adata: AnnData) -> dict[str, np.ndarra
     return {name: torch.cat(values).numpy() for name, values in parts.items()}
 
 
-def shared_anndata(adata: AnnData, key: str, include_data: IncludeData) -> AnnData:
-    """A new AnnData with what the model in ``adata.uns[key]`` needs (the model itself is in
-    the folder, not in this AnnData)."""
+def shared_anndata(adata, key: str, include_data: IncludeData):
+    """A new AnnData (a MuData for a totalVI model trained on one) with what the model in
+    ``adata.uns[key]`` needs (the model itself is in the folder, not in this object)."""
     model = load_model(adata, key)
     if include_data is True:
         require_counts(adata, key, "include_data=True")
-    registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
-    obs = adata.obs[_registered_columns(model.registry)].copy()
-    out = AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(model.var_names, dtype=str)))
-    if include_data == "minified":
-        counts = sp.csr_matrix(adata.shape, dtype=np.float32)
+    minified = include_data == "minified"
+    if "protein" in model.registry:
+        out = _shared_multimodal(adata, model, minified)
+    else:
+        registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
+        obs = adata.obs[_registered_columns(model.registry)].copy()
+        out = _counts_anndata(obs, model, None if minified else registered.X)
+    if minified:
         # the latent is left out: load_data recomputes it from the stored posterior
         write_posterior(out, key, compute_posterior(model, adata))
     else:
-        X = registered.X
-        counts = X.copy() if sp.issparse(X) else np.array(X)
         out.obsm[f"X_{key}"] = compute_latent(model.module, model_data(adata, model))
+    out.uns[SHARED_DATA_KEY] = {"key": key, "include_data": "minified" if minified else "full"}
+    return out
+
+
+def _counts_anndata(obs: pd.DataFrame, model: LoadedModel, X) -> AnnData:
+    """The model's genes with counts ``X`` (``None``: all-zero sparse) in the registered layer."""
+    out = AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(model.var_names, dtype=str)))
+    if X is None:
+        counts = sp.csr_matrix(out.shape, dtype=np.float32)
+    else:
+        counts = X.copy() if sp.issparse(X) else np.array(X)
     layer = str(model.registry["layer"])
     if layer:
         out.layers[layer] = counts
     else:
         out.X = counts
-    kind = "minified" if include_data == "minified" else "full"
-    out.uns[SHARED_DATA_KEY] = {"key": key, "include_data": kind}
     return out
+
+
+def _shared_multimodal(data, model: LoadedModel, minified: bool):
+    """totalVI data laid out as it was registered: a MuData with the RNA and protein
+    modalities, or an AnnData with the protein counts in ``.obsm`` (minified: all zeros)."""
+    spec = model.registry["protein"]
+    names = [str(p) for p in to_builtin(model.payload["protein_names"])]
+    rna = rna_anndata(data, model.registry)
+    registered = extract_registered_data(rna, model.registry, var_names=model.var_names)
+    obs = rna.obs[_registered_columns(model.registry)].copy()
+    out = _counts_anndata(obs, model, None if minified else registered.X)
+    if minified:
+        protein = sp.csr_matrix((out.n_obs, len(names)), dtype=np.float32)
+    else:
+        protein, _ = dense_protein_counts(data, spec, expected_names=names)
+    if spec["source"] == "obsm":
+        dense = protein.toarray() if sp.issparse(protein) else protein
+        out.obsm[str(spec["protein_obsm_key"])] = pd.DataFrame(
+            dense, index=out.obs_names, columns=names
+        )
+        return out
+    import mudata
+
+    prot = AnnData(obs=pd.DataFrame(index=out.obs_names), var=pd.DataFrame(index=names))
+    layer = str(spec["protein_layer"])
+    if layer:
+        prot.layers[layer] = protein
+    else:
+        prot.X = protein
+    return mudata.MuData({str(spec["rna_modality"]): out, str(spec["protein_modality"]): prot})
+
+
+def data_file(data) -> str:
+    """``mdata.h5mu`` for a MuData, else ``adata.h5ad``."""
+    return MUDATA_FILE if is_mudata(data) else DATA_FILE
+
+
+def write_data_file(data, folder: Path) -> None:
+    """Write ``data`` (``None``: none) to ``folder``, removing the data file of an older save."""
+    written = None if data is None else data_file(data)
+    for name in (DATA_FILE, MUDATA_FILE):
+        if name != written:
+            (folder / name).unlink(missing_ok=True)  # never leave data of an older model
+    if written == MUDATA_FILE:
+        data.write_h5mu(folder / MUDATA_FILE, compression="gzip")
+    elif written is not None:
+        data.write_h5ad(folder / DATA_FILE, compression="gzip")
+
+
+def read_data_file(folder: Path, source: str):
+    """The shared data in ``folder`` (a MuData or an AnnData), read without unpickling."""
+    if (folder / MUDATA_FILE).is_file():
+        import mudata
+
+        return mudata.read_h5mu(folder / MUDATA_FILE)
+    if (folder / DATA_FILE).is_file():
+        import anndata
+
+        return anndata.read_h5ad(folder / DATA_FILE)
+    raise FileNotFoundError(
+        f"{source} has no {DATA_FILE} or {MUDATA_FILE}: the model was saved without data. Save "
+        "it with `cv.hub.save(adata, path, include_data=True)` (or 'minified'), or load the "
+        "model into your own data with `cv.hub.load(path, adata)`."
+    )
 
 
 def rename_model_fields(adata: AnnData, key: str) -> AnnData:

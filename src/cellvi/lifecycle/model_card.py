@@ -36,9 +36,15 @@ def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> list[str]:
 
 
 def model_card(
-    config: dict[str, Any], license: str, repo_id: str | None, *, data: str | None = None
+    config: dict[str, Any],
+    license: str,
+    repo_id: str | None,
+    *,
+    data: str | None = None,
+    data_file: str | None = None,
 ) -> str:
-    """The model card; ``data`` says what ``adata.h5ad`` holds (``"full"``, ``"minified"``)."""
+    """The model card; ``data`` says what the data file ``data_file`` (``adata.h5ad`` by
+    default) holds (``"full"``, ``"minified"``)."""
     model = str(config["model"])
     registry = config["registry"]
     tags = list(dict.fromkeys(["cellvi", "single-cell", "scvi", model, "rna"]))
@@ -82,12 +88,12 @@ def model_card(
     versions = config.get("versions") or {}
     if versions:
         body += ["## Versions", "", *_table(list(versions.items()), ("package", "version")), ""]
-    body += _shared_data(data, repo_id)
+    body += _shared_data(data, repo_id, data_file or "adata.h5ad", model)
     body += _how_to_load(repo_id, int(registry["n_vars"]))
     return "\n".join(front + body) + "\n"
 
 
-def _shared_data(data: str | None, repo_id: str | None) -> list[str]:
+def _shared_data(data: str | None, repo_id: str | None, data_file: str, model: str) -> list[str]:
     if data is None:
         return []
     what = (
@@ -96,11 +102,13 @@ def _shared_data(data: str | None, repo_id: str | None) -> list[str]:
         if data == "minified"
         else "the reference cells with their raw counts in the registered layer"
     )
-    call = f'cv.hub.pull_data("{repo_id}")' if repo_id else 'cv.hub.load_data("path/to/folder")'
+    where = f'"{repo_id}"' if repo_id else '"path/to/folder"'
+    key = "" if model == "scvi" else f', key="{model}"'  # where the model's tools look
+    call = f"cv.hub.{'pull_data' if repo_id else 'load_data'}({where}{key})"
     return [
         "## Reference data",
         "",
-        f"`adata.h5ad` holds {what}, the registered `obs` columns and the latent. "
+        f"`{data_file}` holds {what}, the registered `obs` columns and the latent. "
         f"`adata = {call}` gives it back with the model in `adata.uns`.",
         "",
     ]

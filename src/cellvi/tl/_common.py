@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 
 from .._settings import settings
+from ..data._protein_loader import protein_tensor_data
 from ..data.loader import MinibatchLoader, TensorData
 from ..data.registry import extract_registered_data
 from ..lifecycle.minified import stored_inference, stored_posterior
@@ -74,9 +75,20 @@ def model_data(adata: AnnData, model: LoadedModel) -> TensorData:
     On minified data the stored latent posterior comes along (see
     :mod:`cellvi.lifecycle.minified`) and :func:`run_inference` uses it instead of the counts.
     """
-    data = extract_registered_data(adata, model.registry, var_names=model.var_names)
-    tensors = TensorData.from_registered(data)
-    posterior = stored_posterior(adata, model.key)
+    if "protein" in model.registry:  # totalVI: RNA and protein counts (MuData or .obsm)
+        names = to_builtin(model.payload["protein_names"])
+        tensors = protein_tensor_data(
+            adata, model.registry, var_names=model.var_names, protein_names=names
+        )
+    else:
+        data = extract_registered_data(adata, model.registry, var_names=model.var_names)
+        tensors = TensorData.from_registered(data)
+    return with_stored_posterior(tensors, adata, model.key)
+
+
+def with_stored_posterior(tensors: TensorData, adata, key: str) -> TensorData:
+    """``tensors``, carrying the stored posterior of model ``key`` when ``adata`` is minified."""
+    posterior = stored_posterior(adata, key)
     if posterior is not None:
         tensors.posterior = {k: torch.from_numpy(v) for k, v in posterior.items()}
     return tensors

@@ -19,7 +19,8 @@ from ..analysis.bayes_de import MODES, de_statistics, expected_fdr
 from ..analysis.de_sampling import cells_for_draws, concat_draws, decode_draws, encode_draws
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
-from ._common import inference_device, load_model
+from ..lifecycle.minified import stored_posterior
+from ._common import inference_device, load_model, with_stored_posterior
 from ._de_inputs import DEInputs, totalvi_inputs
 from ._de_results import rank_genes_groups_layout
 from ._model_kind import require_model
@@ -194,12 +195,11 @@ def differential_expression(
     grouping = _grouping(adata.obs if inputs is None else inputs.obs, groupby, groups, reference)
     if inputs is None:
         registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
-        inputs = DEInputs(TensorData.from_registered(registered), registered.X, registered.X,
-                          list(model.var_names), adata.obs)  # fmt: skip
+        tensors = with_stored_posterior(TensorData.from_registered(registered), adata, key)
+        inputs = DEInputs(tensors, registered.X, registered.X, list(model.var_names), adata.obs)
     seed = settings.seed if seed is None else int(seed)
     if pseudocount is None:
-        totals = np.asarray(inputs.rna_counts.sum(axis=1)).ravel()
-        pseudocount = 0.1 / max(float(np.median(totals)), 1.0)
+        pseudocount = 0.1 / max(float(np.median(_rna_totals(adata, key, inputs))), 1.0)
     draws = DrawSettings(
         n_samples=int(n_samples),
         seed=seed,
@@ -244,6 +244,14 @@ def differential_expression(
         f"added {key_added!r} (adata.uns)"
     )
     return adata if copy else None
+
+
+def _rna_totals(adata, key: str, inputs: DEInputs) -> np.ndarray:
+    """RNA counts per cell; on minified data (no counts) the stored observed library sizes."""
+    stored = stored_posterior(adata, key)
+    if stored is not None:
+        return np.exp(stored["log_library_m"].astype(np.float64))
+    return np.asarray(inputs.rna_counts.sum(axis=1)).ravel()
 
 
 @dataclass

@@ -14,7 +14,7 @@ from ..data._protein_loader import ProteinTensorData
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
 from ..lifecycle.payload import to_builtin
-from ._common import LoadedModel
+from ._common import LoadedModel, with_stored_posterior
 
 #: Prefix of protein names in totalVI DE results.
 PROTEIN_PREFIX = "protein:"
@@ -58,6 +58,7 @@ def totalvi_inputs(data, model: LoadedModel, groupby: str) -> DEInputs:
     registered = extract_registered_data(rna, model.registry, var_names=model.var_names)
     protein, _ = dense_protein_counts(data, model.registry["protein"], expected_names=proteins)
     tensors = ProteinTensorData.from_registered_with_proteins(registered, protein)
+    tensors = with_stored_posterior(tensors, data, model.key)
     obs = data.obs if (not is_mudata(data) or groupby in data.obs) else rna.obs
     counts = sparse.hstack([sparse.csr_matrix(registered.X), sparse.csr_matrix(protein)]).tocsr()
     names = [*map(str, model.var_names), *(PROTEIN_PREFIX + p for p in proteins)]

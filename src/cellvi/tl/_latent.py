@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,11 +14,14 @@ from ..analysis.posterior import draw_gaussian, encode, to_latent
 from ._common import inference_device, load_model, minibatches, model_data
 from ._model_kind import require_model
 
+if TYPE_CHECKING:
+    from mudata import MuData
+
 logger = logging.getLogger("cellvi")
 
 
 def latent_posterior(
-    adata: AnnData,
+    adata: AnnData | MuData,
     *,
     key: str = "scvi",
     model_from: AnnData | None = None,
@@ -26,17 +30,21 @@ def latent_posterior(
     key_added: str | None = None,
     batch_size: int = 1024,
     copy: bool = False,
-) -> AnnData | None:
+) -> AnnData | MuData | None:
     """Uncertainty of each cell's latent position: posterior variances and draws.
 
     ``q(z | x)`` is a diagonal Gaussian on the encoder's output; for a logistic-normal latent
     (``latent_distribution="ln"``) the latent is the softmax of a draw from it, and the
-    variances describe the Gaussian before the softmax.
+    variances describe the Gaussian before the softmax. For totalVI it is the joint
+    ``q(z | x, y)`` of RNA and proteins, and everything is written to the MuData (or the
+    AnnData with proteins in ``.obsm``). On minified data (``cv.hub.load_data``) the stored
+    posterior is used.
 
     Parameters
     ----------
     adata
-        Cells (raw counts in the layer the model was trained on).
+        Cells (raw counts in the layer the model was trained on): an AnnData, or for totalVI
+        a MuData (or an AnnData with proteins in ``.obsm``) laid out like the training data.
     key
         Key of the model in ``.uns``.
     model_from
@@ -57,16 +65,19 @@ def latent_posterior(
     ``None`` or a copy; sets
 
     ``adata.obsm["X_" + key_added + "_var"]``
-        Variance of ``q(z | x)``, ``(n_cells, n_latent)`` float32.
+        Variance of ``q(z | x)``, ``(n_cells, n_latent)`` float32 (``mdata.obsm`` for a
+        MuData, as are the other fields). Its mean is ``obsm["X_" + key]`` of
+        ``cv.tl.scvi_embed`` or ``cv.tl.totalvi_embed``.
     ``adata.obsm["X_" + key_added + "_samples"]``
         When ``n_samples > 0``: draws of the latent, ``(n_cells, n_samples, n_latent)`` float32.
     ``adata.obs[key_added + "_log_library_mean"]``, ``adata.obs[key_added + "_log_library_var"]``
-        When the model learns the library size: mean and variance of ``q(log l | x)``.
+        When the model learns the library size (scVI only): mean and variance of
+        ``q(log l | x)``.
     """
     if int(n_samples) < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}.")
     model = load_model(adata if model_from is None else model_from, key)
-    require_model(model, ("scvi",), "latent_posterior")
+    require_model(model, ("scvi", "totalvi"), "latent_posterior")
     data = model_data(adata, model)
     seed = settings.seed if seed is None else int(seed)
     result = _posterior(model.module, data, int(n_samples), seed, batch_size)

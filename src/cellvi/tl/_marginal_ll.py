@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,14 +13,18 @@ from anndata import AnnData
 from .._settings import settings
 from ..analysis.posterior import log_importance_weights
 from ..data.loader import MinibatchLoader
+from ..lifecycle.minified import require_counts
 from ._common import inference_device, load_model, model_data
 from ._model_kind import require_model
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 logger = logging.getLogger("cellvi")
 
 
 def marginal_ll(
-    adata: AnnData,
+    adata: AnnData | MuData,
     *,
     key: str = "scvi",
     model_from: AnnData | None = None,
@@ -28,7 +33,8 @@ def marginal_ll(
     batch_size: int = 256,
     key_added: str | None = None,
 ) -> float:
-    """Marginal log-likelihood ``log p(x)`` of each cell, by importance sampling.
+    """Marginal log-likelihood ``log p(x)`` of each cell (``log p(x, y)`` with the protein
+    counts ``y`` for totalVI), by importance sampling.
 
     The proposal is the encoder's posterior ``q(z | x)`` (and ``q(l | x)`` when the library
     size is learned). For draws ``z_1..z_K`` the estimate is the log-mean-exp of
@@ -37,10 +43,17 @@ def marginal_ll(
     tight as the ELBO and tighter as ``n_mc_samples`` grows. All terms of the count likelihood
     are included (also ``log x!``), so values compare across implementations.
 
+    For totalVI the proposal is ``q(z | x, y)`` and, per protein, the model's own posterior
+    of the log protein background given ``z``, against its prior per protein and batch;
+    proteins not measured in a cell's batch are left out, as in training. One sample is then
+    an unbiased estimate of the ELBO of ``cv.tl.totalvi_evaluate``.
+
     Parameters
     ----------
     adata
-        Cells to score (raw counts in the layer the model was trained on).
+        Cells to score (raw counts in the layer the model was trained on): an AnnData, or for
+        totalVI a MuData (or an AnnData with the proteins in ``.obsm``) laid out like the
+        training data.
     key
         Key of the model in ``.uns``.
     model_from
@@ -57,12 +70,13 @@ def marginal_ll(
     Returns
     -------
     The mean over cells of ``log p(x)`` (nats per cell). Sets ``adata.obs[key_added]``, the
-    per-cell estimate (float64).
+    per-cell estimate (float64; ``mdata.obs`` for a MuData).
     """
     if int(n_mc_samples) < 1:
         raise ValueError(f"n_mc_samples must be >= 1, got {n_mc_samples}.")
     model = load_model(adata if model_from is None else model_from, key)
-    require_model(model, ("scvi",), "marginal_ll")
+    require_model(model, ("scvi", "totalvi"), "marginal_ll")
+    require_counts(adata, key, "cv.tl.marginal_ll")
     data = model_data(adata, model)
     seed = settings.seed if seed is None else int(seed)
     values = _per_cell(model.module, data, int(n_mc_samples), seed, batch_size)

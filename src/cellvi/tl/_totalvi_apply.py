@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from ..data._mudata import is_mudata
-from ..data._protein_loader import ProteinTensorData, protein_tensor_data
+from ..data._protein_loader import ProteinTensorData
+from ..lifecycle.minified import require_counts
 from ..lifecycle.payload import to_builtin
 from ._common import (
     LoadedModel,
@@ -18,6 +19,7 @@ from ._common import (
     inference_device,
     load_model,
     minibatches,
+    model_data,
     run_inference,
 )
 from ._evaluate import evaluate_module
@@ -37,12 +39,7 @@ def _load_totalvi(source, key: str) -> LoadedModel:
 
 
 def _model_data(data, model: LoadedModel) -> ProteinTensorData:
-    return protein_tensor_data(
-        data,
-        model.registry,
-        var_names=model.var_names,
-        protein_names=to_builtin(model.payload["protein_names"]),
-    )
+    return model_data(data, model)  # with the stored posterior on minified data
 
 
 def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: str | None = None,
@@ -199,6 +196,7 @@ def totalvi_evaluate(
     ``reconstruction_error_rna``, ``reconstruction_error_protein``, ``kl`` (latent + protein
     background), ``kl_z``, ``kl_background``; and ``n_cells``.
     """
+    require_counts(mdata, key, "cv.tl.totalvi_evaluate")
     model = _load_totalvi(mdata if model_from is None else model_from, key)
     return evaluate_module(
         model.module, _model_data(mdata, model), seed=seed, batch_size=batch_size
