@@ -112,6 +112,18 @@ class TunableModel:
     integration: bool = True
 
 
+# both models log the validation ELBO and reconstruction per epoch under the same names and
+# report them at the end of training under these names
+_HISTORY_KEYS = {
+    "elbo_validation": "elbo_validation",
+    "reconstruction_validation": "reconstruction_validation",
+}
+_FINAL_KEYS = {
+    "elbo_validation": "elbo_validation",
+    "reconstruction_validation": "reconstruction_error_validation",
+}
+
+
 def _scvi() -> TunableModel:
     from ..tl._scvi_train import scvi_train
 
@@ -125,14 +137,8 @@ def _scvi() -> TunableModel:
             "lr": ("float_log", 1e-4, 1e-2),
             "gene_likelihood": ("cat", ["nb", "zinb"]),
         },
-        history_keys={
-            "elbo_validation": "elbo_validation",
-            "reconstruction_validation": "reconstruction_validation",
-        },
-        final_keys={
-            "elbo_validation": "elbo_validation",
-            "reconstruction_validation": "reconstruction_error_validation",
-        },
+        history_keys=_HISTORY_KEYS,
+        final_keys=_FINAL_KEYS,
     )
 
 
@@ -150,14 +156,8 @@ def _totalvi() -> TunableModel:
             "gene_likelihood": ("cat", ["nb", "zinb"]),
             "protein_dispersion": ("cat", ["protein", "protein-batch"]),
         },
-        history_keys={
-            "elbo_validation": "elbo_validation",
-            "reconstruction_validation": "reconstruction_validation",
-        },
-        final_keys={
-            "elbo_validation": "elbo_validation",
-            "reconstruction_validation": "reconstruction_error_validation",
-        },
+        history_keys=_HISTORY_KEYS,
+        final_keys=_FINAL_KEYS,
         registry=lambda data: get_protein_registry(data, REGISTRY_KEY),
         trial_data=shared_protein_data,
         integration=False,
