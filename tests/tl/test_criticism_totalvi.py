@@ -154,3 +154,10 @@ def test_bad_arguments_fail_before_writing(mdata):
     after = {k: v for k, v in mdata.uns.items() if k.endswith("_criticism")}
     assert after.keys() == before.keys()
     assert all(after[k] is before[k] for k in before)
+
+
+def test_proteins_missing_in_a_batch_are_flagged(mdata):
+    _variant(mdata, "masked", lambda m: m.protein_batch_mask[0, 3].fill_(0.0))
+    with pytest.warns(UserWarning, match="not measured in some batches"):
+        cv.tl.criticism(mdata, key="masked", groupby="cell_type", n_samples=2)
+    assert "protein" in mdata.uns["masked_criticism"]
