@@ -1,4 +1,4 @@
-"""Decoding a trained scVI model into its count distribution, minibatch by minibatch.
+"""Decoding a trained scVI or totalVI model into its count distributions, minibatch by minibatch.
 
 Shared by ``cv.tl.posterior_predictive``, ``cv.tl.likelihood_parameters`` and the posterior
 predictive checks (``cv.tl.criticism``), so that all of them treat the library size and

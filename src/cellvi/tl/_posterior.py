@@ -123,22 +123,8 @@ def posterior_predictive(
     model = load_model(adata, key)
     code = single_batch_code(model, transform_batch)
     check_protein_obsm_name(adata, model, f"{layer_added}_protein")
-    data = analysis_data(adata, model)
-    device = inference_device(model.module)
-    module = model.module.to(device).eval()
-    n_features = data.n_vars + (data.n_proteins if has_proteins(module) else 0)
-    cells = cells_per_pass(n_samples, n_features, batch_size)
-    with torch.inference_mode(), seeded(seed, device):
-        parts = [
-            {
-                name: _to_csr(draws)
-                for name, draws in draw_modalities(
-                    module, mb, n_samples, batch_code=code, library_size=library_size
-                ).items()
-            }
-            for mb in minibatches(data, device, cells)
-        ]
-    results = {name: sp.vstack([p[name] for p in parts], format="csr") for name in parts[0]}
+    results = _draw(model, analysis_data(adata, model), n_samples, code, library_size, seed,
+                    batch_size)  # fmt: skip
     params = {
         "key": key,
         "n_samples": n_samples,
@@ -158,6 +144,23 @@ def posterior_predictive(
     adata.uns[layer_added] = {"params": params}
     logger.info(f"    added {', '.join(written)}")
     return adata if copy else None
+
+
+def _draw(model, data, n_samples, code, library_size, seed, batch_size) -> dict:
+    """All cells' draws per modality (``"rna"``, ``"protein"``), each one CSR matrix."""
+    device = inference_device(model.module)
+    module = model.module.to(device).eval()
+    n_features = data.n_vars + (data.n_proteins if has_proteins(module) else 0)
+    cells = cells_per_pass(n_samples, n_features, batch_size)
+    parts: dict[str, list] = {}
+    with torch.inference_mode(), seeded(seed, device):
+        for mb in minibatches(data, device, cells):
+            draws = draw_modalities(
+                module, mb, n_samples, batch_code=code, library_size=library_size
+            )
+            for name, values in draws.items():
+                parts.setdefault(name, []).append(_to_csr(values))
+    return {name: sp.vstack(blocks, format="csr") for name, blocks in parts.items()}
 
 
 def _protein_parameters(dist) -> dict[str, torch.Tensor]:
