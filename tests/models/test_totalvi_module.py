@@ -10,6 +10,7 @@ import torch
 from cellvi.distributions import NegativeBinomialMixture
 from cellvi.distributions._mixture_likelihood import nb_mixture_log_prob
 from cellvi.models._protein_prior import empirical_background_prior
+from cellvi.models.scvi import count_log_likelihood
 from cellvi.models.totalvi import TOTALVIModule
 from cellvi.train.adversarial import fool_loss
 
@@ -115,3 +116,26 @@ def test_encoder_input_sparse_path_matches_dense():
     expected = torch.log1p(x / (1 + x.mean(1, keepdim=True)))
     torch.testing.assert_close(dense_in[:, : x.shape[1]], expected)
     torch.testing.assert_close(dense_in[:, x.shape[1] :], torch.log1p(y))
+
+
+def test_sampling_distributions_score_what_the_loss_scores():
+    """``count_distribution`` / ``protein_distribution`` (used for posterior predictive draws)
+    give the log-likelihood of the training loss, for RNA and for proteins."""
+    module, mb = _module_and_batch()
+    module.eval()
+    inf = module.inference(
+        mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], y=mb["y"], deterministic=True
+    )
+    gen = module.generative(inf["z"], inf["log_library"], mb["batch"], mb["labels"],
+                            mb["cat_covs"], mb["cont_covs"], deterministic=True)  # fmt: skip
+    mixture = module.protein_distribution(gen)
+    ref = nb_mixture_log_prob(
+        mb["y"], gen["log_back"], gen["log_fore"], gen["protein_theta"], gen["background_logits"]
+    )
+    torch.testing.assert_close(mixture.log_prob(mb["y"]), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixture.mu1, gen["log_back"].exp())  # component 1: background
+    torch.testing.assert_close(1 - mixture.mixture_probs, module.foreground_probability(gen))
+    rna = module.count_distribution(gen).log_prob(mb["x"]).sum(-1)
+    torch.testing.assert_close(
+        rna, count_log_likelihood("nb", mb["x"], gen, mb), rtol=1e-5, atol=1e-4
+    )

@@ -1,4 +1,4 @@
-"""Decoding a trained scVI model into its count distribution, minibatch by minibatch.
+"""Decoding a trained scVI or totalVI model into its count distributions, minibatch by minibatch.
 
 Shared by ``cv.tl.posterior_predictive``, ``cv.tl.likelihood_parameters`` and the posterior
 predictive checks (``cv.tl.criticism``), so that all of them treat the library size and
@@ -8,6 +8,13 @@ predictive checks (``cv.tl.criticism``), so that all of them treat the library s
   size factor or, for a learned library, the model's posterior); a number decodes every cell at
   that many counts.
 - ``transform_batch`` decodes every cell as if it came from that batch.
+
+For a totalVI model the RNA part is decoded exactly as above, and the proteins come from the
+background/foreground negative binomial mixture of the same latent. ``library_size`` only
+rescales the RNA: the protein background is a latent of its own (sampled from its posterior
+with ``z``, or its posterior mean when deterministic), never tied to the RNA library, so the
+protein distribution does not depend on ``library_size``. ``transform_batch`` applies to both
+modalities.
 
 Nothing here draws a figure or touches an AnnData.
 """
@@ -62,6 +69,11 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+def has_proteins(module) -> bool:
+    """Whether ``module`` also generates protein counts (totalVI)."""
+    return hasattr(module, "protein_distribution")
+
+
 def decode(
     module,
     mb: dict[str, torch.Tensor],
@@ -70,19 +82,47 @@ def decode(
     batch_code: int | None = None,
     library_size: float | str = "latent",
 ) -> tuple[dict[str, torch.Tensor], torch.distributions.Distribution]:
-    """One pass ``x -> z -> p(x | z, l)``: the generative outputs and the count distribution.
+    """One pass ``x -> z -> p(x | z, l)``: the generative outputs and the RNA count distribution.
 
-    ``deterministic`` decodes the posterior mean of the latent (and of a learned library);
-    otherwise one posterior sample of each.
+    ``deterministic`` decodes the posterior mean of the latent (and of a learned library or
+    totalVI's protein background); otherwise one posterior sample of each. For totalVI,
+    ``module.protein_distribution(gen)`` is the protein distribution of the same pass.
     """
     inf = run_inference(module, mb, deterministic=deterministic)
     log_lib = inf["log_library"]
     if library_size != "latent":
         log_lib = torch.full_like(log_lib, math.log(float(library_size)))
     batch = mb["batch"] if batch_code is None else torch.full_like(mb["batch"], batch_code)
-    gen = module.generative(inf["z"], log_lib, batch, mb["labels"], mb["cat_covs"], mb["cont_covs"])
+    extra = {"deterministic": deterministic} if has_proteins(module) else {}
+    gen = module.generative(
+        inf["z"], log_lib, batch, mb["labels"], mb["cat_covs"], mb["cont_covs"], **extra
+    )
     gen = {k: v.float() for k, v in gen.items()}
     return gen, module.count_distribution(gen)
+
+
+def draw_modalities(
+    module,
+    mb: dict[str, torch.Tensor],
+    n_samples: int,
+    *,
+    batch_code: int | None = None,
+    library_size: float | str = "latent",
+) -> dict[str, torch.Tensor]:
+    """Posterior predictive counts, ``"rna"`` ``(n_samples, cells, genes)`` and, for totalVI,
+    ``"protein"`` ``(n_samples, cells, proteins)``: each draw decodes a fresh latent (and
+    protein background) and draws both modalities from it."""
+    draws: dict[str, list[torch.Tensor]] = {"rna": []}
+    if has_proteins(module):
+        draws["protein"] = []
+    for _ in range(n_samples):
+        gen, dist = decode(
+            module, mb, deterministic=False, batch_code=batch_code, library_size=library_size
+        )
+        draws["rna"].append(dist.sample())
+        if "protein" in draws:
+            draws["protein"].append(module.protein_distribution(gen).sample())
+    return {name: torch.stack(values) for name, values in draws.items()}
 
 
 def draw_counts(
@@ -93,11 +133,8 @@ def draw_counts(
     batch_code: int | None = None,
     library_size: float | str = "latent",
 ) -> torch.Tensor:
-    """``(n_samples, cells, genes)`` posterior predictive counts: a fresh latent per draw."""
-    draws = []
-    for _ in range(n_samples):
-        _, dist = decode(
-            module, mb, deterministic=False, batch_code=batch_code, library_size=library_size
-        )
-        draws.append(dist.sample())
-    return torch.stack(draws)
+    """``(n_samples, cells, genes)`` posterior predictive RNA counts: a fresh latent per draw
+    (for totalVI the RNA part of :func:`draw_modalities`)."""
+    return draw_modalities(module, mb, n_samples, batch_code=batch_code, library_size=library_size)[
+        "rna"
+    ]

@@ -266,13 +266,7 @@ class SCVIModule(nn.Module):
 
     def count_distribution(self, gen: dict) -> torch.distributions.Distribution:
         """``p(x | z, l)`` as a distribution object, for sampling and criticism."""
-        mu = torch.exp(self.log_scale(gen) + gen["log_library"].unsqueeze(-1))
-        if self.gene_likelihood == "poisson":
-            return Poisson(mu)
-        theta = gen["theta"].expand_as(mu)
-        if self.gene_likelihood == "nb":
-            return NegativeBinomial(mu, theta)
-        return ZeroInflatedNegativeBinomial(mu, theta, gen["zi_logits"])
+        return count_distribution(self.gene_likelihood, gen)
 
     # -- loss ---------------------------------------------------------------------------------
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossTerms:
@@ -303,6 +297,18 @@ class SCVIModule(nn.Module):
             kl_library = _kl_normal(inf["ql_m"], inf["ql_v"], prior_m, prior_v)
         loss = (reconstruction + kl_weight * kl_z + kl_library).mean()
         return LossTerms(loss, reconstruction, kl_z, kl_library)
+
+
+def count_distribution(gene_likelihood: str, gen: dict) -> torch.distributions.Distribution:
+    """The RNA count distribution (Poisson, NB or ZINB) of the decoder output ``gen``
+    (``scale_logits``, ``log_library``, ``theta``, ``zi_logits``)."""
+    mu = torch.exp(torch.log_softmax(gen["scale_logits"], -1) + gen["log_library"].unsqueeze(-1))
+    if gene_likelihood == "poisson":
+        return Poisson(mu)
+    theta = gen["theta"].expand_as(mu)
+    if gene_likelihood == "nb":
+        return NegativeBinomial(mu, theta)
+    return ZeroInflatedNegativeBinomial(mu, theta, gen["zi_logits"])
 
 
 def count_log_likelihood(gene_likelihood: str, x, gen: dict, mb: dict) -> torch.Tensor:

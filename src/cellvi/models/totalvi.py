@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributions import NegativeBinomialMixture
 from ..distributions._mixture_likelihood import nb_mixture_log_likelihood
 from ..nn import GaussianEncoder
 from ..nn.protein_decoder import ProteinDecoder, SkipCountDecoder
@@ -35,6 +36,7 @@ from .scvi import (
     _check_shape,
     _kl_normal,
     _kl_standard_normal,
+    count_distribution,
     count_log_likelihood,
 )
 
@@ -258,6 +260,23 @@ class TOTALVIModule(nn.Module):
         if include_background:
             mean = mean + (1.0 - p_fore) * torch.exp(gen["log_back"])
         return mean
+
+    def count_distribution(self, gen: dict) -> torch.distributions.Distribution:
+        """RNA ``p(x | z, l)`` (NB or ZINB) as a distribution object, for sampling."""
+        return count_distribution(self.gene_likelihood, gen)
+
+    @staticmethod
+    def protein_distribution(gen: dict) -> NegativeBinomialMixture:
+        """Protein ``p(y | z, b)``: component 1 the background NB (mean ``exp(log_back)``),
+        component 2 the foreground NB, mixed with ``sigmoid(background_logits)`` on the
+        background (the mixture the likelihood scores)."""
+        log_back = gen["log_back"]
+        return NegativeBinomialMixture(
+            torch.exp(log_back),
+            torch.exp(gen["log_fore"]),
+            gen["protein_theta"].expand_as(log_back),
+            mixture_logits=gen["background_logits"],
+        )
 
     # -- loss ---------------------------------------------------------------------------------
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> TotalVILossTerms:

@@ -60,33 +60,34 @@ def _identity(ax, x: np.ndarray, y: np.ndarray, *, log: bool = False) -> None:
     ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", zorder=0)
 
 
-def _scatter_panel(ax, results: dict[str, dict], panel: _Scatter) -> None:
+def _scatter_panel(ax, results: dict[str, dict], panel: _Scatter, colors, title: str) -> None:
     xs, ys = [], []
-    for i, (key, result) in enumerate(results.items()):
+    for key, result in results.items():
         x = np.asarray(result[panel.field][panel.observed], dtype=float).ravel()
         y = np.asarray(result[panel.field][panel.predicted], dtype=float).ravel()
         mae = float(result["summary"][panel.score])
-        ax.scatter(x, y, s=6, alpha=0.5, color=f"C{i}", label=f"{key} (MAE {mae:.3g})")
+        ax.scatter(x, y, s=6, alpha=0.5, color=colors[key], label=f"{key} (MAE {mae:.3g})")
         xs.append(x)
         ys.append(y)
     _identity(ax, np.concatenate(xs), np.concatenate(ys), log=panel.log)
     if panel.log:
         ax.set_xscale("log", nonpositive="mask")
         ax.set_yscale("log", nonpositive="mask")
-    ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+    ax.set(title=title, xlabel=panel.xlabel, ylabel=panel.ylabel)
     ax.legend(frameon=False, fontsize="small", markerscale=2)
 
 
-def _calibration_panel(ax, results: dict[str, dict]) -> None:
-    for i, (key, result) in enumerate(results.items()):
+def _calibration_panel(ax, results: dict[str, dict], colors, title: str) -> None:
+    for key, result in results.items():
         cal = result["calibration"]
         error = float(result["summary"]["calibration_error"])
         ax.plot(
-            cal["nominal"], cal["observed"], "o-", ms=3, color=f"C{i}", label=f"{key} ({error:.3f})"
-        )
+            cal["nominal"], cal["observed"], "o-", ms=3, color=colors[key],
+            label=f"{key} ({error:.3f})",
+        )  # fmt: skip
     ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", zorder=0)
     ax.set(
-        title="calibration (error in legend)",
+        title=title,
         xlabel="nominal coverage of predictive interval",
         ylabel="observed coverage",
         xlim=(0, 1),
@@ -95,18 +96,50 @@ def _calibration_panel(ax, results: dict[str, dict]) -> None:
     ax.legend(frameon=False, fontsize="small")
 
 
+#: Rows of the figure, in order, and how their titles name the modality and its features.
+_MODALITIES = {"rna": ("RNA", "gene"), "protein": ("protein", "protein")}
+
+
+def _by_modality(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """``{modality: {model: result}}``: a totalVI result holds one result per modality, an
+    scVI result is the RNA one."""
+    rows: dict[str, dict[str, dict]] = {}
+    for key, result in results.items():
+        parts = {"rna": result} if "summary" in result else result
+        for modality in _MODALITIES:
+            if modality in parts:
+                rows.setdefault(modality, {})[key] = parts[modality]
+    return {m: rows[m] for m in _MODALITIES if m in rows}
+
+
+def _title(text: str, modality: str, n_rows: int) -> str:
+    """A panel title; with several rows, prefixed by the modality and naming its features."""
+    if n_rows == 1:
+        return text
+    label, feature = _MODALITIES[modality]
+    return f"{label}: {text.replace('gene', feature)}"
+
+
 def draw_criticism(results: dict[str, dict], *, title: str | None = None):
     """The figure of posterior predictive checks from ``cv.tl.criticism`` results.
 
-    ``results`` maps a model name to its ``adata.uns[key + "_criticism"]``.
+    ``results`` maps a model name to its ``adata.uns[key + "_criticism"]``. One row of five
+    panels per modality: RNA (every model), then proteins (totalVI models); a model keeps its
+    colour in every row.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4.2), layout="constrained")
-    for ax, panel in zip(axes[:3], (_GENE_CV, _CELL_CV, _ZEROS), strict=True):
-        _scatter_panel(ax, results, panel)
-    _calibration_panel(axes[3], results)
-    _scatter_panel(axes[4], results, _LFC)
+    rows = _by_modality(results)
+    colors = {key: f"C{i}" for i, key in enumerate(results)}
+    fig, axes = plt.subplots(
+        len(rows), 5, figsize=(22, 4.2 * len(rows)), layout="constrained", squeeze=False
+    )
+    for row, (modality, part) in zip(axes, rows.items(), strict=True):
+        for ax, panel in zip(row[:3], (_GENE_CV, _CELL_CV, _ZEROS), strict=True):
+            _scatter_panel(ax, part, panel, colors, _title(panel.title, modality, len(rows)))
+        cal_title = _title("calibration (error in legend)", modality, len(rows))
+        _calibration_panel(row[3], part, colors, cal_title)
+        _scatter_panel(row[4], part, _LFC, colors, _title(_LFC.title, modality, len(rows)))
     fig.suptitle(title or f"posterior predictive checks: {', '.join(results)}")
     return fig
 
@@ -129,12 +162,15 @@ def criticism(
     variation per gene and per cell and zero fraction per gene (with the identity line),
     the calibration curve of the predictive intervals, and observed vs generated log fold
     changes of each group. Several models (``key=["scvi", "scvi_nb"]``) share the panels, one
-    colour each. See ``docs/criticism.md`` for how to read it.
+    colour each. A totalVI model adds a second row of the same five panels for its proteins
+    (per protein instead of per gene), computed from its protein draws. See
+    ``docs/criticism.md`` for how to read it.
 
     Parameters
     ----------
     adata
-        Data with the trained model(s) and their counts.
+        Data with the trained model(s) and their counts (for totalVI a MuData or an AnnData
+        with protein counts in ``.obsm``).
     key
         Key of a model in ``.uns``, or a list of keys.
     n_samples
@@ -154,8 +190,9 @@ def criticism(
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`; sets ``adata.uns[k + "_criticism"]`` for each key
-    (see :func:`cellvi.tl.criticism`).
+    The :class:`matplotlib.figure.Figure` (5 axes per row: one row for RNA, one more for
+    proteins when a totalVI model is checked); sets ``adata.uns[k + "_criticism"]`` for each
+    key (see :func:`cellvi.tl.criticism`).
     """
     import matplotlib.pyplot as plt
 

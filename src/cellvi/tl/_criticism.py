@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,13 +13,16 @@ import torch
 from anndata import AnnData
 
 from ..data._fields import obs_column
+from ..data._mudata import dense_protein_counts
+from ..data._protein_loader import ProteinTensorData
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
 from ..lifecycle.criticism import PredictiveStatistics, observed_statistics
 from ..lifecycle.criticism_scores import summarize
 from ..lifecycle.minified import require_counts
-from ..lifecycle.sampling import cells_per_pass, check_n_samples, draw_counts, seeded
+from ..lifecycle.sampling import cells_per_pass, check_n_samples, draw_modalities, seeded
 from ._common import LoadedModel, compute_latent, inference_device, load_model, minibatches
+from ._modalities import is_totalvi, protein_names, rna_counts_view
 
 logger = logging.getLogger("cellvi")
 
@@ -63,8 +67,8 @@ def _leiden_groups(adata: AnnData, model: LoadedModel, data: TensorData, seed: i
     return tmp.obs["leiden"].array
 
 
-def _group_column(adata: AnnData, groupby: str):
-    column = obs_column(adata, groupby, role="groupby")
+def _group_column(obs_source: AnnData, groupby: str):
+    column = obs_column(obs_source, groupby, role="groupby")
     if column.isna().any():
         raise ValueError(
             f"groupby {groupby!r} is missing (NaN) in {int(column.isna().sum()):,} cells; fill "
@@ -80,24 +84,88 @@ def _groups(adata, groupby, model, data, seed) -> tuple[np.ndarray, np.ndarray, 
     if groupby is None:
         values, source = _leiden_groups(adata, model, data, seed), f"leiden of X_{model.key}"
     else:
-        values, source = _group_column(adata, groupby), groupby
+        # a MuData's own .obs columns, then its RNA modality's
+        values, source = _group_column(rna_counts_view(adata, model), groupby), groupby
     # a categorical keeps its category order (Leiden's are "0", "1", ..., "10")
     groups = pd.Categorical(values).remove_unused_categories()
     return groups.codes.astype(np.int64), np.asarray(groups.categories.astype(str)), source
 
 
+def _observed_and_tensors(adata, model: LoadedModel) -> tuple[dict, TensorData]:
+    """Observed counts per modality (``"rna"``, and ``"protein"`` for totalVI) and the
+    tensors the model reads."""
+    rna = extract_registered_data(
+        rna_counts_view(adata, model), model.registry, var_names=model.var_names
+    )
+    if not is_totalvi(model):
+        return {"rna": rna.X}, TensorData.from_registered(rna)
+    protein, _ = dense_protein_counts(
+        adata, model.registry["protein"], expected_names=protein_names(model)
+    )
+    if not model.module.protein_batch_mask.bool().all():
+        warnings.warn(
+            f"Some proteins of model {model.key!r} were not measured in some batches; the "
+            "protein checks compare their stored counts with the model's imputed draws.",
+            UserWarning,
+            stacklevel=3,
+        )
+    tensors = ProteinTensorData.from_registered_with_proteins(rna, protein)
+    return {"rna": rna.X, "protein": protein}, tensors
+
+
 @torch.inference_mode()
 def _predictive(model, data: TensorData, codes, n_groups, n_samples, seed, batch_size) -> dict:
-    stats = PredictiveStatistics(data.n_cells, data.n_vars, n_samples, codes, n_groups)
+    """Statistics of each modality's draws, ``{"rna": ..., "protein": ...}``."""
+    sizes = {"rna": data.n_vars}
+    if is_totalvi(model):
+        sizes["protein"] = data.n_proteins
+    stats = {
+        name: PredictiveStatistics(data.n_cells, size, n_samples, codes, n_groups)
+        for name, size in sizes.items()
+    }
     device = inference_device(model.module)
     module = model.module.to(device).eval()
+    cells = cells_per_pass(n_samples, sum(sizes.values()), batch_size)
     start = 0
     with seeded(seed, device):
-        for mb in minibatches(data, device, cells_per_pass(n_samples, data.n_vars, batch_size)):
+        for mb in minibatches(data, device, cells):
             rows = torch.arange(start, start + mb["batch"].shape[0])
-            stats.update(mb["x"], draw_counts(module, mb, n_samples), rows)
+            draws = draw_modalities(module, mb, n_samples)
+            observed = {"rna": mb["x"], "protein": mb.get("y")}
+            for name, stat in stats.items():
+                stat.update(observed[name], draws[name], rows)
             start += len(rows)
-    return stats.finish()
+    return {name: stat.finish() for name, stat in stats.items()}
+
+
+def _model_result(model, observed: dict, tensors, codes, names, args: dict) -> dict:
+    """``uns[key + "_criticism"]`` of one model: flat for scVI, one entry per modality for
+    totalVI."""
+    predicted = _predictive(model, tensors, codes, len(names), args["n_samples"],
+                            args["seed"], args["batch_size"])  # fmt: skip
+    per_modality = {
+        name: summarize(
+            observed_statistics(observed[name], codes, len(names)),
+            predicted[name],
+            groups=names,
+            n_top=args["n_top_genes"],
+        )
+        for name in predicted
+    }
+    params = {
+        "key": model.key,
+        "n_samples": args["n_samples"],
+        "groupby": args["groupby"],
+        "layer": str(model.registry["layer"]),
+        "n_top_genes": args["n_top_genes"],
+        "seed": args["seed"],
+        "gene_likelihood": str(model.params.get("gene_likelihood", "zinb")),
+    }
+    if not is_totalvi(model):
+        return {**per_modality["rna"], "params": params}
+    params |= {"modalities": np.asarray(list(per_modality), dtype=str),
+               "protein_likelihood": "nb_mixture"}  # fmt: skip
+    return {**per_modality, "params": params}
 
 
 def criticism(
@@ -115,23 +183,28 @@ def criticism(
     """Posterior predictive checks: compare counts generated by each model with the observed.
 
     Each model draws ``n_samples`` counts per cell from its posterior predictive distribution
-    (its own likelihood), in minibatches, and its metrics come from its own draws only. See
-    ``docs/criticism.md`` for what each metric means.
+    (its own likelihood), in minibatches, and its metrics come from its own draws only. A
+    totalVI model is checked twice, on its RNA draws against the RNA counts and on its protein
+    draws (background/foreground negative binomial mixture, drawn from the same latent)
+    against the protein counts. See ``docs/criticism.md`` for what each metric means.
 
     Parameters
     ----------
     adata
-        Data with the trained model(s) and the counts they were trained on.
+        Data with the trained model(s) and the counts they were trained on (for totalVI a
+        MuData or an AnnData with protein counts in ``.obsm``).
     key
         Key of a model in ``.uns``, or a list of keys to check several models.
     n_samples
         Posterior predictive draws per cell.
     groupby
         ``adata.obs`` column defining the groups of the fold-change check (default: the
-        model's registered labels, else Leiden clusters of the first model's latent).
+        model's registered labels, else Leiden clusters of the first model's latent). For a
+        MuData, a column of ``mdata.obs`` or else of the RNA modality's ``.obs``.
     layer
         Layer with the counts, both encoded by the models and compared with their draws
-        (default: each model's registered layer).
+        (default: each model's registered layer); for totalVI, a layer of the RNA (the
+        proteins are always read where they were registered).
     n_top_genes
         Number of top marker genes per group compared by the F1 score.
     seed
@@ -163,6 +236,13 @@ def criticism(
         and per group ``group_mae``, ``group_pearson``, ``group_spearman``, ``group_f1``.
     ``params``
         The arguments, with ``groupby`` naming the groups used.
+
+    For a totalVI model, ``adata.uns[k + "_criticism"]`` (``mdata.uns`` for a MuData) holds
+    instead ``rna`` and ``protein``, each a dict with the ``summary``, ``gene``, ``cell``,
+    ``calibration`` and ``de`` fields above (for ``protein`` the per-"gene" entries are per
+    protein and the fold changes are of protein counts normalised per cell), and ``params``
+    with also ``modalities`` (``["rna", "protein"]``) and ``protein_likelihood``
+    (``"nb_mixture"``).
     """
     keys = model_keys(key)
     n_samples = check_n_samples(n_samples)
@@ -171,24 +251,15 @@ def criticism(
     for k in keys:
         require_counts(adata, k, "cv.tl.criticism")
     models = [_with_layer(load_model(adata, k), layer) for k in keys]
-    registered = [extract_registered_data(adata, m.registry, var_names=m.var_names) for m in models]
-    data = [TensorData.from_registered(r) for r in registered]
-    codes, names, source = _groups(adata, groupby, models[0], data[0], seed)
-    results = {}
-    for model, reg, tensors in zip(models, registered, data, strict=True):
-        observed = observed_statistics(reg.X, codes, len(names))
-        predicted = _predictive(model, tensors, codes, len(names), n_samples, seed, batch_size)
-        result = summarize(observed, predicted, groups=names, n_top=int(n_top_genes))
-        result["params"] = {
-            "key": model.key,
-            "n_samples": n_samples,
-            "groupby": source,
-            "layer": str(model.registry["layer"]),
-            "n_top_genes": int(n_top_genes),
-            "seed": int(seed),
-            "gene_likelihood": str(model.params.get("gene_likelihood", "zinb")),
-        }
-        results[f"{model.key}_criticism"] = result
+    # every model's data is checked before anything is computed or written
+    inputs = [_observed_and_tensors(adata, m) for m in models]
+    codes, names, source = _groups(adata, groupby, models[0], inputs[0][1], seed)
+    args = {"n_samples": n_samples, "groupby": source, "n_top_genes": int(n_top_genes),
+            "seed": int(seed), "batch_size": batch_size}  # fmt: skip
+    results = {
+        f"{model.key}_criticism": _model_result(model, *data, codes, names, args)
+        for model, data in zip(models, inputs, strict=True)
+    }
     adata = adata.copy() if copy else adata
     adata.uns.update(results)
     logger.info(f"    added {', '.join(map(repr, results))} (adata.uns)")

@@ -14,10 +14,18 @@ from ..lifecycle.sampling import (
     check_library_size,
     check_n_samples,
     decode,
-    draw_counts,
+    draw_modalities,
+    has_proteins,
     seeded,
 )
-from ._common import inference_device, load_model, minibatches, model_data
+from ._common import inference_device, load_model, minibatches
+from ._modalities import (
+    analysis_data,
+    check_protein_obsm_name,
+    is_totalvi,
+    rna_target,
+    write_protein,
+)
 from ._scvi_apply import _batch_codes
 
 logger = logging.getLogger("cellvi")
@@ -57,12 +65,15 @@ def posterior_predictive(
 
     For every draw and cell a latent is sampled from ``q(z | x)`` and counts from ``p(x | z,
     l)`` with the model's likelihood (ZINB, NB or Poisson). Draws are made in minibatches and
-    stored sparse.
+    stored sparse. For a totalVI model each draw also samples the protein background from its
+    posterior and protein counts from the background/foreground negative binomial mixture,
+    from the same latent as the RNA of that draw.
 
     Parameters
     ----------
     adata
-        Data with a trained model and the counts it was trained on.
+        Data with a trained model and the counts it was trained on: an AnnData (scVI), or for
+        totalVI a MuData or an AnnData with the protein counts in ``.obsm``.
     key
         Key of the model in ``.uns``.
     n_samples
@@ -72,7 +83,8 @@ def posterior_predictive(
     transform_batch
         Decode every cell as if it came from this batch (``None``: its own batch).
     library_size
-        ``"latent"``: each cell's own library size; a number: counts per cell to draw at.
+        ``"latent"``: each cell's own library size; a number: counts per cell to draw the RNA
+        at. totalVI's proteins are not rescaled: their background is a latent of its own.
     seed
         Seed of the draws (``None``: torch's current random state).
     batch_size
@@ -91,7 +103,14 @@ def posterior_predictive(
         ``(s + 1) * n_genes``; ``X[:, s * n_genes:(s + 1) * n_genes]`` is one draw and
         ``X.toarray().reshape(n_cells, n_samples, n_genes)`` all of them.
 
-    ``adata.uns[layer_added]["params"]`` records the arguments.
+    For totalVI on a MuData these RNA draws go to ``mdata[rna]`` and the protein draws, laid
+    out the same way with ``n_proteins`` columns per draw, to ``mdata[prot].layers
+    [layer_added]`` (``n_samples == 1``) or ``mdata[prot].obsm[layer_added]``. On an AnnData
+    with proteins in ``.obsm``, the protein draws (either ``n_samples``) are
+    ``adata.obsm[layer_added + "_protein"]``. Draw ``s`` of both modalities comes from the
+    same latent.
+
+    ``adata.uns[layer_added]["params"]`` (``mdata.uns`` for a MuData) records the arguments.
     """
     n_samples = check_n_samples(n_samples)
     check_library_size(library_size)
@@ -103,16 +122,9 @@ def posterior_predictive(
         )
     model = load_model(adata, key)
     code = single_batch_code(model, transform_batch)
-    data = model_data(adata, model)
-    device = inference_device(model.module)
-    module = model.module.to(device).eval()
-    cells = cells_per_pass(n_samples, data.n_vars, batch_size)
-    with torch.inference_mode(), seeded(seed, device):
-        parts = [
-            _to_csr(draw_counts(module, mb, n_samples, batch_code=code, library_size=library_size))
-            for mb in minibatches(data, device, cells)
-        ]
-    result = sp.vstack(parts, format="csr")
+    check_protein_obsm_name(adata, model, f"{layer_added}_protein")
+    results = _draw(model, analysis_data(adata, model), n_samples, code, library_size, seed,
+                    batch_size)  # fmt: skip
     params = {
         "key": key,
         "n_samples": n_samples,
@@ -122,17 +134,50 @@ def posterior_predictive(
     }
     adata = adata.copy() if copy else adata
     where = "layers" if n_samples == 1 else "obsm"
-    getattr(adata, where)[layer_added] = result
+    getattr(rna_target(adata, model), where)[layer_added] = results["rna"]
+    written = [f"{layer_added!r} (RNA .{where})"]
+    if "protein" in results:
+        written.append(
+            write_protein(adata, model, results["protein"], name=layer_added,
+                          obsm_name=f"{layer_added}_protein", where=where)
+        )  # fmt: skip
     adata.uns[layer_added] = {"params": params}
-    logger.info(f"    added {layer_added!r} (adata.{where})")
+    logger.info(f"    added {', '.join(written)}")
     return adata if copy else None
+
+
+def _draw(model, data, n_samples, code, library_size, seed, batch_size) -> dict:
+    """All cells' draws per modality (``"rna"``, ``"protein"``), each one CSR matrix."""
+    device = inference_device(model.module)
+    module = model.module.to(device).eval()
+    n_features = data.n_vars + (data.n_proteins if has_proteins(module) else 0)
+    cells = cells_per_pass(n_samples, n_features, batch_size)
+    parts: dict[str, list] = {}
+    with torch.inference_mode(), seeded(seed, device):
+        for mb in minibatches(data, device, cells):
+            draws = draw_modalities(
+                module, mb, n_samples, batch_code=code, library_size=library_size
+            )
+            for name, values in draws.items():
+                parts.setdefault(name, []).append(_to_csr(values))
+    return {name: sp.vstack(blocks, format="csr") for name, blocks in parts.items()}
+
+
+def _protein_parameters(dist) -> dict[str, torch.Tensor]:
+    """The protein mixture's parameters, named as written (``protein_`` + layer suffix)."""
+    return {
+        "protein_background_mean": dist.mu1,
+        "protein_foreground_mean": dist.mu2,
+        "protein_dispersion": dist.theta1,
+        "protein_foreground_prob": 1.0 - dist.mixture_probs,
+    }
 
 
 def _parameters(module, mb, n_samples, code, library_size) -> dict[str, torch.Tensor]:
     """Mean over ``n_samples`` decodings (1: the posterior mean) of mu, theta and pi."""
     total: dict[str, torch.Tensor] = {}
     for _ in range(n_samples):
-        _, dist = decode(
+        gen, dist = decode(
             module, mb, deterministic=n_samples == 1, batch_code=code, library_size=library_size
         )
         values = {"mean": dist.mu}
@@ -140,6 +185,8 @@ def _parameters(module, mb, n_samples, code, library_size) -> dict[str, torch.Te
             values["dispersion"] = dist.theta
         if hasattr(dist, "zi_logits"):
             values["dropout"] = torch.sigmoid(dist.zi_logits)
+        if has_proteins(module):
+            values.update(_protein_parameters(module.protein_distribution(gen)))
         for name, value in values.items():
             total[name] = total.get(name, 0.0) + value
     return {name: (value / n_samples).float().cpu() for name, value in total.items()}
@@ -159,22 +206,26 @@ def likelihood_parameters(
 ) -> AnnData | None:
     """Parameters of the count distribution ``p(x | z, l)`` for every cell and gene.
 
+    For a totalVI model, also those of the protein distribution: a mixture of a background
+    and a foreground negative binomial with a shared inverse dispersion.
+
     Parameters
     ----------
     adata
-        Data with a trained model and the counts it was trained on.
+        Data with a trained model and the counts it was trained on: an AnnData (scVI), or for
+        totalVI a MuData or an AnnData with the protein counts in ``.obsm``.
     key
         Key of the model in ``.uns``.
     n_samples
-        ``1`` decodes the posterior mean of the latent; more averages the parameters over that
-        many posterior samples.
+        ``1`` decodes the posterior mean of the latent (and of totalVI's log protein
+        background); more averages the parameters over that many posterior samples.
     key_added
         Prefix of the layers written (default ``key``).
     transform_batch
         Decode every cell as if it came from this batch (``None``: its own batch).
     library_size
-        ``"latent"``: each cell's own library size; a number: the counts per cell the means
-        are scaled to.
+        ``"latent"``: each cell's own library size; a number: the counts per cell the RNA
+        means are scaled to (the protein parameters do not depend on it).
     seed
         Seed of the posterior samples when ``n_samples > 1``.
     batch_size
@@ -193,13 +244,34 @@ def likelihood_parameters(
     ``adata.layers[key_added + "_dropout"]``
         Probability of an extra zero (zero-inflation); ZINB only.
 
-    ``adata.uns[key_added + "_likelihood"]["params"]`` records the arguments.
+    For totalVI on a MuData these RNA layers go to ``mdata[rna]``, and dense float32
+    ``(n_cells, n_proteins)`` layers to ``mdata[prot]``:
+
+    ``mdata[prot].layers[key_added + "_background_mean"]``
+        Mean of the background negative binomial, ``exp(b)``.
+    ``mdata[prot].layers[key_added + "_foreground_mean"]``
+        Mean of the foreground negative binomial (always above the background's).
+    ``mdata[prot].layers[key_added + "_dispersion"]``
+        Inverse dispersion of both components.
+    ``mdata[prot].layers[key_added + "_foreground_prob"]``
+        Weight of the foreground component; the protein mean is ``p * foreground + (1 - p)
+        * background``.
+
+    On an AnnData with proteins in ``.obsm`` the same four are DataFrames (proteins as
+    columns) ``adata.obsm[key_added + "_protein_background_mean"]``,
+    ``..._protein_foreground_mean``, ``..._protein_dispersion`` and
+    ``..._protein_foreground_prob``.
+
+    ``adata.uns[key_added + "_likelihood"]["params"]`` (``mdata.uns`` for a MuData) records
+    the arguments, with ``protein_likelihood="nb_mixture"`` for totalVI.
     """
     n_samples = check_n_samples(n_samples)
     check_library_size(library_size)
     model = load_model(adata, key)
     code = single_batch_code(model, transform_batch)
-    data = model_data(adata, model)
+    for name in ("background_mean", "foreground_mean", "dispersion", "foreground_prob"):
+        check_protein_obsm_name(adata, model, f"{key_added or key}_protein_{name}")
+    data = analysis_data(adata, model)
     device = inference_device(model.module)
     module = model.module.to(device).eval()
     with torch.inference_mode(), seeded(seed if n_samples > 1 else None, device):
@@ -208,19 +280,35 @@ def likelihood_parameters(
             for mb in minibatches(data, device, batch_size)
         ]
     key_added = key_added or key
-    adata = adata.copy() if copy else adata
-    for name in parts[0]:
-        layer = np.ascontiguousarray(torch.cat([p[name] for p in parts]).numpy())
-        adata.layers[f"{key_added}_{name}"] = layer
-    adata.uns[f"{key_added}_likelihood"] = {
-        "params": {
-            "key": key,
-            "n_samples": n_samples,
-            "transform_batch": transform_batch or "",
-            "library_size": library_size,
-            "gene_likelihood": str(model.params.get("gene_likelihood", "zinb")),
-        }
+    layers = {name: np.ascontiguousarray(torch.cat([p[name] for p in parts]).numpy())
+              for name in parts[0]}  # fmt: skip
+    params = {
+        "key": key,
+        "n_samples": n_samples,
+        "transform_batch": transform_batch or "",
+        "library_size": library_size,
+        "gene_likelihood": str(model.params.get("gene_likelihood", "zinb")),
     }
-    names = ", ".join(f"'{key_added}_{n}'" for n in parts[0])
-    logger.info(f"    added {names} (adata.layers)")
+    if is_totalvi(model):
+        params["protein_likelihood"] = "nb_mixture"
+    adata = adata.copy() if copy else adata
+    written = _write_parameters(adata, model, key_added, layers)
+    adata.uns[f"{key_added}_likelihood"] = {"params": params}
+    logger.info(f"    added {', '.join(written)}")
     return adata if copy else None
+
+
+def _write_parameters(adata, model, key_added: str, layers: dict[str, np.ndarray]) -> list[str]:
+    """RNA layers on the RNA AnnData, protein ones through :func:`write_protein`."""
+    rna, written = rna_target(adata, model), []
+    for name, layer in layers.items():
+        if not name.startswith("protein_"):
+            rna.layers[f"{key_added}_{name}"] = layer
+            written.append(f"'{key_added}_{name}' (RNA .layers)")
+            continue
+        where = write_protein(
+            adata, model, layer, name=f"{key_added}_{name.removeprefix('protein_')}",
+            obsm_name=f"{key_added}_{name}",
+        )  # fmt: skip
+        written.append(where)
+    return written

@@ -1,0 +1,79 @@
+"""Where the per-modality results of scVI and totalVI models are read from and written to.
+
+scVI reads and writes one AnnData. totalVI reads a MuData (RNA and protein modalities) or an
+AnnData with protein counts in ``.obsm``, and writes its results as ``cv.tl.totalvi_denoise``
+does: on a MuData, RNA results on the RNA modality and protein results on the protein
+modality under the same name; on an AnnData, RNA results on the AnnData and protein results
+in its ``.obsm`` (dense ones as DataFrames with the protein names as columns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ..data._mudata import is_mudata, rna_anndata
+from ..data.loader import TensorData
+from ..lifecycle.payload import to_builtin
+from ._common import LoadedModel, model_data
+from ._totalvi_apply import _model_data as totalvi_data
+
+
+def is_totalvi(model: LoadedModel) -> bool:
+    """Whether the model generates proteins as well as RNA."""
+    return str(model.payload["model"]) == "totalvi"
+
+
+def analysis_data(data, model: LoadedModel) -> TensorData:
+    """The tensors the model reads (with the protein counts ``y`` for totalVI)."""
+    return totalvi_data(data, model) if is_totalvi(model) else model_data(data, model)
+
+
+def rna_target(data, model: LoadedModel) -> AnnData:
+    """The AnnData that holds the model's RNA (the RNA modality itself, of a MuData)."""
+    if is_totalvi(model) and is_mudata(data):
+        return data.mod[str(model.registry["protein"]["rna_modality"])]
+    return data
+
+
+def rna_counts_view(data, model: LoadedModel) -> AnnData:
+    """The RNA as an AnnData to read from, with the MuData's joint ``.obs`` columns."""
+    return rna_anndata(data, model.registry) if is_totalvi(model) else data
+
+
+def protein_names(model: LoadedModel) -> list[str]:
+    """The model's proteins, in column order."""
+    return [str(p) for p in to_builtin(model.payload["protein_names"])]
+
+
+def check_protein_obsm_name(data, model: LoadedModel, name: str) -> None:
+    """Refuse an ``.obsm`` result name that would overwrite the model's protein counts."""
+    spec = model.registry.get("protein") if is_totalvi(model) else None
+    if spec is None or is_mudata(data) or str(spec["source"]) != "obsm":
+        return
+    if name == str(spec["protein_obsm_key"]):
+        raise ValueError(
+            f"The result name {name!r} is adata.obsm's protein counts, which it would "
+            "overwrite; choose another name."
+        )
+
+
+def write_protein(data, model: LoadedModel, value, *, name: str, obsm_name: str,
+                  where: str = "layers") -> str:  # fmt: skip
+    """Write a ``(n_cells, n_proteins)`` (or wider) protein result; returns where it went.
+
+    On a MuData: the protein modality's ``.layers[name]`` (``where="obsm"``: ``.obsm``). On an
+    AnnData: ``adata.obsm[obsm_name]``, a DataFrame with the protein names as columns when
+    ``value`` is dense with one column per protein, else the matrix as is.
+    """
+    if is_mudata(data):
+        modality = str(model.registry["protein"]["protein_modality"])
+        getattr(data.mod[modality], where)[name] = value
+        return f"mdata[{modality!r}].{where}[{name!r}]"
+    names = protein_names(model)
+    if not sp.issparse(value) and np.ndim(value) == 2 and value.shape[1] == len(names):
+        value = pd.DataFrame(value, index=data.obs_names, columns=names)
+    data.obsm[obsm_name] = value
+    return f"adata.obsm[{obsm_name!r}]"
