@@ -149,3 +149,22 @@ def test_minified_anndata_with_obsm_proteins(trained_obsm, tmp_path):
     cv.tl.marginal_ll(back, key="totalvi", n_mc_samples=5, seed=0)
     cv.tl.marginal_ll(adata, key="totalvi", n_mc_samples=5, seed=0)
     np.testing.assert_array_equal(back.obs["totalvi_marginal_ll"], adata.obs["totalvi_marginal_ll"])
+
+
+def test_loaded_under_its_own_family_key_and_decoded_from_the_stored_posterior(trained, tmp_path):
+    folder = cv.hub.save(trained, tmp_path / "m", key="totalvi", include_data="minified")
+    mini = cv.hub.load_data(folder)  # no key: a totalVI model goes to .uns["totalvi"]
+    assert mini.uns["totalvi"]["model"] == "totalvi"
+    assert "scvi" not in mini.uns
+    full = trained.copy()
+    for data in (full, mini):
+        cv.tl.likelihood_parameters(data, key="totalvi", key_added="lp")
+    # the minified counts are all zero: equal parameters mean the stored posterior was used
+    np.testing.assert_allclose(mini["rna"].layers["lp_mean"], full["rna"].layers["lp_mean"],
+                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        mini["prot"].layers["lp_foreground_mean"], full["prot"].layers["lp_foreground_mean"],
+        rtol=1e-5,
+    )  # fmt: skip
+    payload = cv.hub.load(folder)
+    assert payload["model"] == "totalvi"

@@ -180,7 +180,7 @@ def _read_folder(path: Path, key: str, source: str) -> dict[str, Any]:
 
 
 def load(
-    path: str | Path, adata: AnnData | None = None, *, key: str = "scvi"
+    path: str | Path, adata: AnnData | None = None, *, key: str | None = None
 ) -> dict[str, Any] | None:
     """Read a model folder written by :func:`save` (or pulled from the Hub).
 
@@ -197,7 +197,8 @@ def load(
         order and the registered layers and obs columns, with known categories; it is checked
         before anything is written to it.
     key
-        Key in ``adata.uns`` to put the model under (also used in messages).
+        Key in ``adata.uns`` to put the model under (``None``: the model family, ``"scvi"``
+        or ``"totalvi"``, the keys ``cv.tl.scvi_train`` / ``cv.tl.totalvi_train`` use).
 
     Returns
     -------
@@ -208,7 +209,21 @@ def load(
     return _load(Path(path), adata, key, source=str(path))
 
 
-def _load(path: Path, adata: AnnData | None, key: str, *, source: str) -> dict[str, Any] | None:
+def _default_key(path: Path, key: str | None) -> str:
+    """``key``, or the family of the model saved in ``path`` (its default key)."""
+    if key is not None:
+        return key
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        return str(config["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "scvi"  # _read_folder then names what is wrong with the folder
+
+
+def _load(
+    path: Path, adata: AnnData | None, key: str | None, *, source: str
+) -> dict[str, Any] | None:
+    key = _default_key(path, key)
     payload = _read_folder(path, key, source)
     if adata is None:
         return payload
@@ -226,7 +241,7 @@ def _load(path: Path, adata: AnnData | None, key: str, *, source: str) -> dict[s
     return None
 
 
-def load_data(path: str | Path, *, key: str = "scvi") -> AnnData | MuData:
+def load_data(path: str | Path, *, key: str | None = None) -> AnnData | MuData:
     """The reference data saved with a model (``cv.hub.save(..., include_data=...)``), with the
     model in ``.uns[key]``.
 
@@ -235,7 +250,8 @@ def load_data(path: str | Path, *, key: str = "scvi") -> AnnData | MuData:
     path
         The model folder.
     key
-        Key in ``.uns`` to put the model under.
+        Key in ``.uns`` to put the model under (``None``: the model family, ``"scvi"`` or
+        ``"totalvi"``).
 
     Returns
     -------
@@ -249,7 +265,8 @@ def load_data(path: str | Path, *, key: str = "scvi") -> AnnData | MuData:
     return _load_data(Path(path), key, source=str(path))
 
 
-def _load_data(path: Path, key: str, *, source: str) -> AnnData | MuData:
+def _load_data(path: Path, key: str | None, *, source: str) -> AnnData | MuData:
+    key = _default_key(path, key)
     adata = read_data_file(path, source)
     adata = rename_model_fields(adata, key)
     _load(path, adata, key, source=source)
@@ -321,7 +338,7 @@ def pull(
     repo_id: str,
     adata: AnnData | None = None,
     *,
-    key: str = "scvi",
+    key: str | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
@@ -338,7 +355,8 @@ def pull(
     adata
         Data to put the model into (see :func:`load`).
     key
-        Key in ``adata.uns`` to put the model under.
+        Key in ``adata.uns`` to put the model under (``None``: the model family, as in
+        :func:`load`).
     revision
         Branch, tag or commit hash (``None``: the default branch).
     cache_dir
@@ -357,7 +375,7 @@ def pull(
 def pull_data(
     repo_id: str,
     *,
-    key: str = "scvi",
+    key: str | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
@@ -369,7 +387,8 @@ def pull_data(
     repo_id
         Repository, ``"org/name"``.
     key
-        Key in ``.uns`` to put the model under.
+        Key in ``.uns`` to put the model under (``None``: the model family, as in
+        :func:`load`).
     revision, cache_dir, local_files_only
         As in :func:`pull`.
 
