@@ -173,6 +173,10 @@ def test_anndata_with_obsm_proteins(reference):
     cv.tl.totalvi_denoise(query, key=KEY)
     denoised = query.obsm["totalvi_denoised_protein"]
     assert list(denoised.columns) == [f"prot{j}" for j in range(10)]
+    unnamed = query.copy()
+    unnamed.obsm["protein_expression"] = unnamed.obsm["protein_expression"].to_numpy()[:, :7]
+    with pytest.raises(ValueError, match="unnamed array of 7 proteins"):
+        cv.tl.map_query(unnamed, reference=ref, copy=True, **MAP)
     # fewer proteins in the DataFrame: a copy with the reference's columns
     query.obsm["protein_expression"] = query.obsm["protein_expression"].iloc[:, :7]
     mapped = cv.tl.map_query(query, reference=ref, copy=True, **(MAP | {"max_epochs": 2}))
