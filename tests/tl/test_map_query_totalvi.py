@@ -246,3 +246,14 @@ def test_empirical_prior_adversarial_reference_and_fine_tuning():
     assert not torch.equal(old["rna_decoder.body.linears.0.weight"],
                            new["rna_decoder.body.linears.0.weight"])  # fmt: skip
     assert not tuned.uns[KEY]["query_mapping"]["freeze"]
+
+
+def test_query_of_a_known_batch_is_embedded_without_training(reference):
+    ref, _ = reference
+    in_b1 = (ref["rna"].obs["batch"] == "b1").to_numpy()
+    known = ref[in_b1].copy()
+    del known.uns[KEY], known.obsm["X_totalvi"]
+    cv.tl.map_query(known, reference=ref, **MAP)
+    np.testing.assert_allclose(known.obsm["X_totalvi"], ref.obsm["X_totalvi"][in_b1], atol=1e-5)
+    assert len(known.uns[KEY]["query_mapping"]["new_batches"]) == 0
+    assert len(known.uns[KEY]["history"]) == 0
