@@ -6,24 +6,26 @@ import logging
 import time
 import warnings
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from anndata import AnnData
 
 from .._settings import settings
-from ..analysis.surgery import frozen_except, transplant
-from ..data.loader import TensorData
-from ..data.registry import extract_registered_data
+from ..analysis.surgery import frozen_except
+from ..data._mudata import rna_anndata
 from ..lifecycle.payload import encode
-from ..models.scvi_codec import build_module
 from ..train.plan import TrainingPlan
 from ..train.trainer import default_max_epochs, fit, resolve_precision
 from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
 from ._common import compute_latent, load_model
 from ._model_kind import require_model
-from ._query import align_genes, extend_registry, gene_overlap, genes_match
+from ._query import gene_overlap, genes_match, prepare_scvi
+from ._query_totalvi import check_layout, prepare_totalvi
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 logger = logging.getLogger("cellvi")
 
@@ -31,7 +33,8 @@ logger = logging.getLogger("cellvi")
 MAX_DEFAULT_QUERY_EPOCHS = 200
 
 
-def _check(model, query: AnnData, copy: bool, min_gene_overlap: float, max_epochs) -> None:
+def _check(model, query, copy: bool, min_gene_overlap: float, max_epochs) -> float:
+    """Every check on the arguments and the genes; the fraction of the reference's genes."""
     if not str(model.registry["batch_key"]):
         raise ValueError(
             "the reference model was trained without a batch_key, so it has no batch columns "
@@ -41,20 +44,26 @@ def _check(model, query: AnnData, copy: bool, min_gene_overlap: float, max_epoch
         raise ValueError(f"min_gene_overlap must be in (0, 1], got {min_gene_overlap}.")
     if max_epochs is not None and int(max_epochs) < 1:
         raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs}.")
-    gene_overlap(query, model.var_names, min_gene_overlap)
-    if not copy and not genes_match(query, model.var_names):
+    if "protein" in model.registry:
+        check_layout(query, model.registry["protein"])
+        rna = rna_anndata(query, model.registry)
+    else:
+        rna = query
+    overlap = gene_overlap(rna, model.var_names, min_gene_overlap)
+    if not copy and not genes_match(rna, model.var_names):
         raise ValueError(
             "the query's genes are not the reference's genes in the same order, and genes "
             "cannot be added to an AnnData in place: use `query = cv.tl.map_query(query, "
             "reference=..., copy=True)`, which returns a copy with the reference's genes "
             "(missing ones as zero counts)."
         )
+    return overlap
 
 
 def map_query(
-    query: AnnData,
+    query: AnnData | MuData,
     *,
-    reference: AnnData,
+    reference: AnnData | MuData,
     key: str = "scvi",
     max_epochs: int | None = None,
     freeze: bool = True,
@@ -64,7 +73,7 @@ def map_query(
     seed: int | None = None,
     accelerator: str = "auto",
     copy: bool = False,
-) -> AnnData | None:
+) -> AnnData | MuData | None:
     """Map the cells of ``query`` into the latent space of the model in ``reference.uns[key]``.
 
     The reference's registry is applied to the query: genes are put in the reference's order
@@ -75,13 +84,24 @@ def map_query(
     computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
     (train the reference with ``encode_covariates=True`` so that the encoder sees the batch).
 
+    A totalVI reference (``key="totalvi"``) takes a query laid out as its training data (a
+    MuData with the same modalities, or an AnnData with proteins in the same ``.obsm`` key).
+    Proteins are matched by name and put in the reference's order; a protein the query lacks
+    becomes an all-zero column marked in ``var["cellvi_padded"]`` (MuData) and is *not
+    measured* in the new batches (left out of the protein likelihood, not zero counts). Each
+    new batch also gets rows in the decoders' batch inputs, the per-batch dispersions and the
+    protein background prior (started as training starts it: fitted to the new batch's
+    counts when the reference used the empirical prior). A reference trained with an
+    adversarial batch classifier is mapped without one (see ``docs/totalvi.md``).
+
     Parameters
     ----------
     query
         New cells: raw counts in the reference's layer, the reference's batch column (new
-        and known batches allowed) and its categorical covariates.
+        and known batches allowed) and its categorical covariates; for totalVI also the
+        protein counts, where the reference had them.
     reference
-        AnnData holding the trained reference model in ``.uns[key]``.
+        AnnData (or MuData) holding the trained reference model in ``.uns[key]``.
     key
         Key of the model in the reference's ``.uns``; also where the query's model goes.
     max_epochs
@@ -98,37 +118,35 @@ def map_query(
     accelerator
         Passed to Lightning (``"auto"`` uses a GPU when present).
     copy
-        Return a mapped copy (required when the query's genes differ from the reference's).
+        Return a mapped copy (required when the query's genes, or proteins, differ from the
+        reference's).
 
     Returns
     -------
     ``None`` or a copy; sets
 
     ``obsm["X_" + key]``
-        The query's latent, in the same space as the reference's ``obsm["X_" + key]``.
+        The query's latent, in the same space as the reference's ``obsm["X_" + key]`` (on
+        the MuData itself for a MuData query).
     ``uns[key]``
         The query's model, a normal payload (every ``cv.tl`` function works on the query),
         whose registry is the reference's with the new batches; ``uns[key]["query_mapping"]``
-        records the reference's batches, the new ones, ``freeze``, epochs and gene overlap.
+        records the reference's batches, the new ones, ``freeze``, epochs and gene overlap
+        (totalVI: also ``protein_overlap`` and ``missing_proteins``).
     """
     start = time.perf_counter()
     model = load_model(reference, key)
-    require_model(model, ("scvi",), "map_query")
-    _check(model, query, copy, min_gene_overlap, max_epochs)
-    overlap = gene_overlap(query, model.var_names, min_gene_overlap)
-    layer = str(model.registry["layer"])
-    target = (
-        query if genes_match(query, model.var_names) else align_genes(query, model.var_names, layer)
-    )
-    keep_labels = model.params.get("dispersion") == "gene-label"
-    registry = extend_registry(model.registry, target, keep_labels=keep_labels)
-    data = TensorData.from_registered(
-        extract_registered_data(target, registry, var_names=model.var_names)
-    )
+    kind = require_model(model, ("scvi", "totalvi"), "map_query")
+    overlap = _check(model, query, copy, min_gene_overlap, max_epochs)
     seed = settings.seed if seed is None else int(seed)
+    if kind == "totalvi":
+        prepared = prepare_totalvi(model, query, overlap, copy=copy, seed=seed)
+    else:
+        prepared = prepare_scvi(model, query, overlap)
+    registry, data = prepared.registry, prepared.data
     n_old = int(model.registry["n_batch"])
     module, history = _train(
-        model, registry, data, n_old, freeze, max_epochs, batch_size, lr, seed, accelerator
+        model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, kind
     )
     latent = compute_latent(module, data)
     record = {
@@ -138,21 +156,23 @@ def map_query(
         "max_epochs": int(len(history.get("epoch", []))),
         "lr": float(lr),
         "seed": seed,
-        "gene_overlap": overlap,
+        **prepared.record,
     }
     payload = encode(
-        "scvi",
+        kind,
         module.cpu(),
         params=model.params,
         extra={
             "registry": registry,
             "var_names": np.asarray(model.var_names, dtype=str),
+            **prepared.extra,
             "history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()},
             "query_mapping": record,
             "versions": versions(),
             "session_info": session_report(),
         },
     )
+    target = prepared.target
     if target is query and copy:
         target = query.copy()
     target.obsm[f"X_{key}"] = latent
@@ -165,13 +185,15 @@ def map_query(
     return target if copy else None
 
 
-def _train(model, registry, data, n_old, freeze, max_epochs, batch_size, lr, seed, accelerator):
-    """The reference model extended to the query's batches and trained on the query."""
+def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, kind):
+    """The extended reference model trained on the query (only the new rows when frozen).
+
+    A reference trained with an adversarial batch classifier is fine-tuned without one: the
+    classifier is not part of the stored model, and on the query's cells alone (usually one
+    new batch) it would have no reference cells to mix the query with.
+    """
     generator = seed_everything(seed)
-    module = build_module(model.params, registry, len(model.var_names))
-    masks = transplant(model.module, module, n_old)
-    module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))
-    module.library_log_vars.copy_(torch.as_tensor(registry["library_log_vars"]).clamp(min=1e-4))
+    module, masks, data = prepared.module, prepared.masks, prepared.data
     if freeze and not model.params.get("encode_covariates", False):
         warnings.warn(
             "the reference was trained with encode_covariates=False: its encoder does not see "
@@ -199,7 +221,7 @@ def _train(model, registry, data, n_old, freeze, max_epochs, batch_size, lr, see
             generator=generator,
             accelerator=accelerator,
             progress_bar=settings.progress_bar,
-            description="scVI query",
+            description=f"{'totalVI' if kind == 'totalvi' else 'scVI'} query",
             precision=resolve_precision("auto", accelerator),
         )
     return plan.module.cpu().eval(), plan.history

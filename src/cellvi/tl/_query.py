@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 from scipy import sparse
 
+from ..analysis.surgery import transplant
 from ..data._fields import count_matrix, obs_column
 from ..data._format import str_array, str_list
+from ..data.loader import TensorData
+from ..data.registry import extract_registered_data
+from ..models.scvi_codec import build_module as scvi_module
 
 #: ``.var`` column marking genes the query lacked (all-zero columns added for the model).
 PADDED_COLUMN = "cellvi_padded"
@@ -92,3 +100,38 @@ def extend_registry(reference: dict, query: AnnData, *, keep_labels: bool) -> di
     if not keep_labels:
         registry.update(labels_key="")
     return registry
+
+
+@dataclass
+class PreparedQuery:
+    """A query made ready for training: what to write to, and the extended model.
+
+    ``target`` is the query itself, or a new object with the reference's features when the
+    query's differ; ``masks`` marks the new-batch entries that may train when frozen.
+    """
+
+    target: Any
+    registry: dict
+    data: TensorData
+    module: torch.nn.Module
+    masks: dict[str, torch.Tensor]
+    record: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_scvi(model, query: AnnData, overlap: float) -> PreparedQuery:
+    """The scVI reference extended to the query's batches, its weights transplanted."""
+    layer = str(model.registry["layer"])
+    target = (
+        query if genes_match(query, model.var_names) else align_genes(query, model.var_names, layer)
+    )
+    keep_labels = model.params.get("dispersion") == "gene-label"
+    registry = extend_registry(model.registry, target, keep_labels=keep_labels)
+    data = TensorData.from_registered(
+        extract_registered_data(target, registry, var_names=model.var_names)
+    )
+    module = scvi_module(model.params, registry, len(model.var_names))
+    masks = transplant(model.module, module, int(model.registry["n_batch"]))
+    module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))
+    module.library_log_vars.copy_(torch.as_tensor(registry["library_log_vars"]).clamp(min=1e-4))
+    return PreparedQuery(target, registry, data, module, masks, {"gene_overlap": overlap})
