@@ -21,7 +21,7 @@ from ..utils.distributed import world_and_rank
 
 MIN_BATCH_CELLS = 3  # BatchNorm needs more than one cell; a tiny last batch joins the previous one
 # log(x!) is summed over pieces of this many entries, so that its float64 temporaries stay small
-_LGAMMA_CHUNK = 2**22
+_LGAMMA_CHUNK = 2**20
 
 
 @dataclass

@@ -17,6 +17,10 @@ from ..data.loader import MinibatchLoader, TensorData
 from ..data.registry import extract_registered_data
 from ..lifecycle.minified import stored_inference, stored_posterior
 from ..lifecycle.payload import decode, to_builtin
+from ..utils._memory import release_free_memory
+
+#: Minibatches between two returns of freed memory to the system in :func:`minibatches`.
+TRIM_EVERY = 16
 
 
 @dataclass
@@ -104,10 +108,18 @@ def inference_device(module: torch.nn.Module) -> torch.device:
 def minibatches(
     data: TensorData, device: torch.device, batch_size: int = 1024
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """All cells in order, in minibatches moved to ``device``."""
+    """All cells in order, in minibatches moved to ``device``.
+
+    Every :data:`TRIM_EVERY` minibatches the memory they freed is given back to the operating
+    system (see :mod:`cellvi.utils._memory`), so that a pass over many cells does not leave the
+    process holding gigabytes of free heap.
+    """
     loader = MinibatchLoader(data, np.arange(data.n_cells), batch_size=batch_size)
-    for mb in loader:
+    for i, mb in enumerate(loader):
         yield {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+        if (i + 1) % TRIM_EVERY == 0:
+            release_free_memory()
+    release_free_memory()
 
 
 def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -> dict:
