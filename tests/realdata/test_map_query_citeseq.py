@@ -39,16 +39,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_and_small():
-    """Overrides the conftest fixture: quiet, but 2 torch threads for this heavier test."""
-    cv.settings.progress_bar = False
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _subsets():
     import mudata as mu
 

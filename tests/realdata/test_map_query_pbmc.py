@@ -34,16 +34,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_and_small():
-    """Overrides the conftest fixture: quiet, but 2 torch threads for this heavier test."""
-    cv.settings.progress_bar = False
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _split() -> tuple[ad.AnnData, ad.AnnData]:
     adata = ad.read_h5ad(PBMC)
     adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()

@@ -44,16 +44,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_and_small():
-    """Overrides the conftest fixture: quiet, but 2 torch threads for this heavier test."""
-    cv.settings.progress_bar = False
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _prepare() -> ad.AnnData:
     """Raw counts of 2,000 batch-aware HVGs (chosen on a log-normalised copy), no empty cells,
     plus the uncorrected baseline PCA(10) of the log-normalised counts in ``obsm``."""
