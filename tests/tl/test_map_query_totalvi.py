@@ -13,9 +13,8 @@ from tests.conftest import synthetic_counts
 
 import cellvi as cv
 from cellvi.models._protein_prior import empirical_background_prior
-from cellvi.tl._common import load_model
+from cellvi.tl._common import load_model, model_data
 from cellvi.tl._evaluate import evaluate_module
-from cellvi.tl._totalvi_apply import _model_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 KEY = "totalvi"
@@ -145,7 +144,7 @@ def test_masked_proteins_do_not_enter_the_likelihood(reference):
     dropped.mod["prot"] = query["prot"][:, [f"prot{j}" for j in range(8)]].copy()
     mapped = cv.tl.map_query(dropped, reference=ref, copy=True, **(MAP | {"max_epochs": 1}))
     model = load_model(mapped, KEY)
-    data = _model_data(mapped, model)
+    data = model_data(mapped, model)
     masked = evaluate_module(model.module, data, seed=0)["reconstruction_error_protein"]
     model.module.protein_batch_mask.fill_(1.0)  # the padded columns as observed zero counts
     unmasked = evaluate_module(model.module, data, seed=0)["reconstruction_error_protein"]

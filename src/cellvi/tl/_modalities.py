@@ -15,20 +15,13 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ..data._mudata import is_mudata, rna_anndata
-from ..data.loader import TensorData
 from ..lifecycle.payload import to_builtin
-from ._common import LoadedModel, model_data
-from ._totalvi_apply import _model_data as totalvi_data
+from ._common import LoadedModel
 
 
 def is_totalvi(model: LoadedModel) -> bool:
     """Whether the model generates proteins as well as RNA."""
     return str(model.payload["model"]) == "totalvi"
-
-
-def analysis_data(data, model: LoadedModel) -> TensorData:
-    """The tensors the model reads (with the protein counts ``y`` for totalVI)."""
-    return totalvi_data(data, model) if is_totalvi(model) else model_data(data, model)
 
 
 def rna_target(data, model: LoadedModel) -> AnnData:

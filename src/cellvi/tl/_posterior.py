@@ -18,9 +18,8 @@ from ..lifecycle.sampling import (
     has_proteins,
     seeded,
 )
-from ._common import inference_device, load_model, minibatches
+from ._common import inference_device, load_model, minibatches, model_data
 from ._modalities import (
-    analysis_data,
     check_protein_obsm_name,
     is_totalvi,
     rna_target,
@@ -123,7 +122,7 @@ def posterior_predictive(
     model = load_model(adata, key)
     code = single_batch_code(model, transform_batch)
     check_protein_obsm_name(adata, model, f"{layer_added}_protein")
-    results = _draw(model, analysis_data(adata, model), n_samples, code, library_size, seed,
+    results = _draw(model, model_data(adata, model), n_samples, code, library_size, seed,
                     batch_size)  # fmt: skip
     params = {
         "key": key,
@@ -271,7 +270,7 @@ def likelihood_parameters(
     code = single_batch_code(model, transform_batch)
     for name in ("background_mean", "foreground_mean", "dispersion", "foreground_prob"):
         check_protein_obsm_name(adata, model, f"{key_added or key}_protein_{name}")
-    data = analysis_data(adata, model)
+    data = model_data(adata, model)
     device = inference_device(model.module)
     module = model.module.to(device).eval()
     with torch.inference_mode(), seeded(seed if n_samples > 1 else None, device):

@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from ..data._mudata import is_mudata
-from ..data._protein_loader import ProteinTensorData
 from ..lifecycle.minified import require_counts
 from ..lifecycle.payload import to_builtin
 from ._common import (
@@ -38,10 +37,6 @@ def _load_totalvi(source, key: str) -> LoadedModel:
     return model
 
 
-def _model_data(data, model: LoadedModel) -> ProteinTensorData:
-    return model_data(data, model)  # with the stored posterior on minified data
-
-
 def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: str | None = None,
                   batch_size: int = 1024, copy: bool = False):  # fmt: skip
     """Write the joint latent of a trained totalVI model for the cells of ``mdata``.
@@ -67,7 +62,7 @@ def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: st
     ``None`` or a copy; sets ``.obsm["X_" + key_added]`` (posterior means).
     """
     model = _load_totalvi(mdata if model_from is None else model_from, key)
-    latent = compute_latent(model.module, _model_data(mdata, model), batch_size)
+    latent = compute_latent(model.module, model_data(mdata, model), batch_size)
     mdata = mdata.copy() if copy else mdata
     mdata.obsm[f"X_{key_added or key}"] = latent
     logger.info(f"    added 'X_{key_added or key}' (.obsm)")
@@ -136,7 +131,7 @@ def totalvi_denoise(
         raise ValueError(f"library_size must be a positive number, got {library_size!r}.")
     model = _load_totalvi(mdata, key)
     codes = _batch_codes(model, transform_batch)
-    data = _model_data(mdata, model)
+    data = model_data(mdata, model)
     device = inference_device(model.module)
     module = model.module.to(device).eval()
     parts = [
@@ -198,6 +193,4 @@ def totalvi_evaluate(
     """
     require_counts(mdata, key, "cv.tl.totalvi_evaluate")
     model = _load_totalvi(mdata if model_from is None else model_from, key)
-    return evaluate_module(
-        model.module, _model_data(mdata, model), seed=seed, batch_size=batch_size
-    )
+    return evaluate_module(model.module, model_data(mdata, model), seed=seed, batch_size=batch_size)
