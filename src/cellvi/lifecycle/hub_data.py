@@ -36,7 +36,6 @@ from ..tl._common import (
     run_inference,
 )
 from .minified import MINIFIED_KEY, field_names, require_counts, write_posterior
-from .payload import to_builtin
 
 DATA_FILE = "adata.h5ad"
 #: The data file of a model trained on a MuData (totalVI): the same, as a MuData.
@@ -119,7 +118,7 @@ def _shared_multimodal(data, model: LoadedModel, minified: bool):
     """totalVI data laid out as it was registered: a MuData with the RNA and protein
     modalities, or an AnnData with the protein counts in ``.obsm`` (minified: all zeros)."""
     spec = model.registry["protein"]
-    names = [str(p) for p in to_builtin(model.payload["protein_names"])]
+    names = model.protein_names
     rna = rna_anndata(data, model.registry)
     registered = extract_registered_data(rna, model.registry, var_names=model.var_names)
     obs = rna.obs[_registered_columns(model.registry)].copy()

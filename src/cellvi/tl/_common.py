@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,8 @@ class LoadedModel:
     registry: dict[str, Any]
     var_names: list[str]
     params: dict[str, Any]
+    #: The proteins of a totalVI model, in column order (empty for scVI).
+    protein_names: list[str] = field(default_factory=list)
 
 
 def get_payload(adata: AnnData, key: str) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def load_model(source: AnnData, key: str) -> LoadedModel:
         registry=payload["registry"],
         var_names=to_builtin(payload["var_names"]),
         params=to_builtin(payload["params"]),
+        protein_names=[str(p) for p in to_builtin(payload.get("protein_names", []))],
     )
 
 
@@ -80,9 +83,8 @@ def model_data(adata: AnnData, model: LoadedModel) -> TensorData:
     :mod:`cellvi.lifecycle.minified`) and :func:`run_inference` uses it instead of the counts.
     """
     if "protein" in model.registry:  # totalVI: RNA and protein counts (MuData or .obsm)
-        names = to_builtin(model.payload["protein_names"])
         tensors = protein_tensor_data(
-            adata, model.registry, var_names=model.var_names, protein_names=names
+            adata, model.registry, var_names=model.var_names, protein_names=model.protein_names
         )
     else:
         data = extract_registered_data(adata, model.registry, var_names=model.var_names)

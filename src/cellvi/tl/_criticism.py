@@ -22,7 +22,7 @@ from ..lifecycle.criticism_scores import summarize
 from ..lifecycle.minified import require_counts
 from ..lifecycle.sampling import cells_per_pass, check_n_samples, draw_modalities, seeded
 from ._common import LoadedModel, compute_latent, inference_device, load_model, minibatches
-from ._modalities import is_totalvi, protein_names, rna_counts_view
+from ._modalities import is_totalvi, rna_counts_view
 
 logger = logging.getLogger("cellvi")
 
@@ -100,7 +100,7 @@ def _observed_and_tensors(adata, model: LoadedModel) -> tuple[dict, TensorData]:
     if not is_totalvi(model):
         return {"rna": rna.X}, TensorData.from_registered(rna)
     protein, _ = dense_protein_counts(
-        adata, model.registry["protein"], expected_names=protein_names(model)
+        adata, model.registry["protein"], expected_names=model.protein_names
     )
     if not model.module.protein_batch_mask.bool().all():
         warnings.warn(

@@ -13,7 +13,6 @@ from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
 from ..data._protein_loader import ProteinTensorData
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
-from ..lifecycle.payload import to_builtin
 from ._common import LoadedModel, with_stored_posterior
 
 #: Prefix of protein names in totalVI DE results.
@@ -53,7 +52,7 @@ class DEInputs:
 def totalvi_inputs(data, model: LoadedModel, groupby: str) -> DEInputs:
     """RNA + protein inputs of a MuData (or AnnData with ``.obsm`` proteins); ``groupby`` is
     looked up in the MuData's ``.obs``, then in the RNA modality's."""
-    proteins = [str(p) for p in to_builtin(model.payload["protein_names"])]
+    proteins = model.protein_names
     rna = rna_anndata(data, model.registry)
     registered = extract_registered_data(rna, model.registry, var_names=model.var_names)
     protein, _ = dense_protein_counts(data, model.registry["protein"], expected_names=proteins)

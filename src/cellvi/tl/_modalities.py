@@ -15,7 +15,6 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ..data._mudata import is_mudata, rna_anndata
-from ..lifecycle.payload import to_builtin
 from ._common import LoadedModel
 
 
@@ -34,11 +33,6 @@ def rna_target(data, model: LoadedModel) -> AnnData:
 def rna_counts_view(data, model: LoadedModel) -> AnnData:
     """The RNA as an AnnData to read from, with the MuData's joint ``.obs`` columns."""
     return rna_anndata(data, model.registry) if is_totalvi(model) else data
-
-
-def protein_names(model: LoadedModel) -> list[str]:
-    """The model's proteins, in column order."""
-    return [str(p) for p in to_builtin(model.payload["protein_names"])]
 
 
 def check_protein_obsm_name(data, model: LoadedModel, name: str) -> None:
@@ -65,7 +59,7 @@ def write_protein(data, model: LoadedModel, value, *, name: str, obsm_name: str,
         modality = str(model.registry["protein"]["protein_modality"])
         getattr(data.mod[modality], where)[name] = value
         return f"mdata[{modality!r}].{where}[{name!r}]"
-    names = protein_names(model)
+    names = model.protein_names
     if not sp.issparse(value) and np.ndim(value) == 2 and value.shape[1] == len(names):
         value = pd.DataFrame(value, index=data.obs_names, columns=names)
     data.obsm[obsm_name] = value

@@ -11,7 +11,6 @@ import torch
 
 from ..data._mudata import is_mudata
 from ..lifecycle.minified import require_counts
-from ..lifecycle.payload import to_builtin
 from ._common import (
     LoadedModel,
     compute_latent,
@@ -154,7 +153,7 @@ def _write_denoised(mdata, model: LoadedModel, key: str, rna, pro, fore) -> None
         prot.layers[f"{key}_foreground_prob"] = fore
         logger.info(f"    added {key}_denoised (rna, prot layers), {key}_foreground_prob (prot)")
         return
-    names = to_builtin(model.payload["protein_names"])
+    names = model.protein_names
     mdata.layers[f"{key}_denoised"] = rna
     mdata.obsm[f"{key}_denoised_protein"] = pd.DataFrame(pro, index=mdata.obs_names, columns=names)
     mdata.obsm[f"{key}_foreground_prob"] = pd.DataFrame(fore, index=mdata.obs_names, columns=names)
