@@ -13,16 +13,13 @@ import torch
 from anndata import AnnData
 
 from ..data._fields import obs_column
-from ..data._mudata import dense_protein_counts
-from ..data._protein_loader import ProteinTensorData
 from ..data.loader import TensorData
-from ..data.registry import extract_registered_data
 from ..lifecycle.criticism import PredictiveStatistics, observed_statistics
 from ..lifecycle.criticism_scores import summarize
 from ..lifecycle.minified import require_counts
 from ..lifecycle.sampling import cells_per_pass, check_n_samples, draw_modalities, seeded
 from ._common import LoadedModel, compute_latent, inference_device, load_model, minibatches
-from ._modalities import is_totalvi, rna_counts_view
+from ._modalities import is_totalvi, registered_counts, rna_counts_view
 
 logger = logging.getLogger("cellvi")
 
@@ -94,14 +91,9 @@ def _groups(adata, groupby, model, data, seed) -> tuple[np.ndarray, np.ndarray, 
 def _observed_and_tensors(adata, model: LoadedModel) -> tuple[dict, TensorData]:
     """Observed counts per modality (``"rna"``, and ``"protein"`` for totalVI) and the
     tensors the model reads."""
-    rna = extract_registered_data(
-        rna_counts_view(adata, model), model.registry, var_names=model.var_names
-    )
-    if not is_totalvi(model):
-        return {"rna": rna.X}, TensorData.from_registered(rna)
-    protein, _ = dense_protein_counts(
-        adata, model.registry["protein"], expected_names=model.protein_names
-    )
+    rna, protein, tensors = registered_counts(adata, model)
+    if protein is None:
+        return {"rna": rna.X}, tensors
     if not model.module.protein_batch_mask.bool().all():
         warnings.warn(
             f"Some proteins of model {model.key!r} were not measured in some batches; the "
@@ -109,7 +101,6 @@ def _observed_and_tensors(adata, model: LoadedModel) -> tuple[dict, TensorData]:
             UserWarning,
             stacklevel=3,
         )
-    tensors = ProteinTensorData.from_registered_with_proteins(rna, protein)
     return {"rna": rna.X, "protein": protein}, tensors
 
 

@@ -18,11 +18,11 @@ from .._settings import settings
 from ..analysis.bayes_de import MODES, de_statistics, expected_fdr
 from ..analysis.de_sampling import cells_for_draws, concat_draws, decode_draws, encode_draws
 from ..data.loader import TensorData
-from ..data.registry import extract_registered_data
 from ..lifecycle.minified import stored_posterior
-from ._common import inference_device, load_model, with_stored_posterior
+from ._common import inference_device, load_model
 from ._de_inputs import DEInputs, totalvi_inputs
 from ._de_results import rank_genes_groups_layout
+from ._modalities import registered_counts
 from ._model_kind import require_model
 
 logger = logging.getLogger("cellvi")
@@ -194,8 +194,7 @@ def differential_expression(
     inputs = totalvi_inputs(adata, model, groupby) if kind == "totalvi" else None
     grouping = _grouping(adata.obs if inputs is None else inputs.obs, groupby, groups, reference)
     if inputs is None:
-        registered = extract_registered_data(adata, model.registry, var_names=model.var_names)
-        tensors = with_stored_posterior(TensorData.from_registered(registered), adata, key)
+        registered, _, tensors = registered_counts(adata, model)
         inputs = DEInputs(tensors, registered.X, registered.X, list(model.var_names), adata.obs)
     seed = settings.seed if seed is None else int(seed)
     if pseudocount is None:

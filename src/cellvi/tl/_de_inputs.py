@@ -9,11 +9,10 @@ from typing import Any
 import pandas as pd
 from scipy import sparse
 
-from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
-from ..data._protein_loader import ProteinTensorData
+from ..data._mudata import is_mudata, rna_anndata
 from ..data.loader import TensorData
-from ..data.registry import extract_registered_data
-from ._common import LoadedModel, with_stored_posterior
+from ._common import LoadedModel
+from ._modalities import registered_counts
 
 #: Prefix of protein names in totalVI DE results.
 PROTEIN_PREFIX = "protein:"
@@ -53,12 +52,9 @@ def totalvi_inputs(data, model: LoadedModel, groupby: str) -> DEInputs:
     """RNA + protein inputs of a MuData (or AnnData with ``.obsm`` proteins); ``groupby`` is
     looked up in the MuData's ``.obs``, then in the RNA modality's."""
     proteins = model.protein_names
-    rna = rna_anndata(data, model.registry)
-    registered = extract_registered_data(rna, model.registry, var_names=model.var_names)
-    protein, _ = dense_protein_counts(data, model.registry["protein"], expected_names=proteins)
-    tensors = ProteinTensorData.from_registered_with_proteins(registered, protein)
-    tensors = with_stored_posterior(tensors, data, model.key)
-    obs = data.obs if (not is_mudata(data) or groupby in data.obs) else rna.obs
+    registered, protein, tensors = registered_counts(data, model)
+    own_obs = not is_mudata(data) or groupby in data.obs
+    obs = data.obs if own_obs else rna_anndata(data, model.registry).obs
     counts = sparse.hstack([sparse.csr_matrix(registered.X), sparse.csr_matrix(protein)]).tocsr()
     names = [*map(str, model.var_names), *(PROTEIN_PREFIX + p for p in proteins)]
     return DEInputs(tensors, registered.X, counts, names, obs, n_proteins=len(proteins))

@@ -14,8 +14,12 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ..data._mudata import is_mudata, rna_anndata
-from ._common import LoadedModel
+from ..data._extract import RegisteredData
+from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
+from ..data._protein_loader import ProteinTensorData
+from ..data.loader import TensorData
+from ..data.registry import extract_registered_data
+from ._common import LoadedModel, with_stored_posterior
 
 
 def is_totalvi(model: LoadedModel) -> bool:
@@ -33,6 +37,22 @@ def rna_target(data, model: LoadedModel) -> AnnData:
 def rna_counts_view(data, model: LoadedModel) -> AnnData:
     """The RNA as an AnnData to read from, with the MuData's joint ``.obs`` columns."""
     return rna_anndata(data, model.registry) if is_totalvi(model) else data
+
+
+def registered_counts(
+    data, model: LoadedModel
+) -> tuple[RegisteredData, np.ndarray | None, TensorData]:
+    """The model's registered RNA (counts in ``.X``), its protein counts (totalVI; ``None``
+    for scVI) and the tensors the model reads from them, with the stored posterior on
+    minified data."""
+    view = rna_counts_view(data, model)
+    rna = extract_registered_data(view, model.registry, var_names=model.var_names)
+    if not is_totalvi(model):
+        return rna, None, with_stored_posterior(TensorData.from_registered(rna), data, model.key)
+    spec = model.registry["protein"]
+    protein, _ = dense_protein_counts(data, spec, expected_names=model.protein_names)
+    tensors = ProteinTensorData.from_registered_with_proteins(rna, protein)
+    return rna, protein, with_stored_posterior(tensors, data, model.key)
 
 
 def check_protein_obsm_name(data, model: LoadedModel, name: str) -> None:
