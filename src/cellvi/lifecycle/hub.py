@@ -152,8 +152,9 @@ def save(
     return path
 
 
-def _read_folder(path: Path, key: str, source: str) -> dict[str, Any]:
-    """The payload stored in a model folder, rebuilt once to check it (only opens two files)."""
+def _read_folder(path: Path, key: str | None, source: str) -> dict[str, Any]:
+    """The payload stored in a model folder, rebuilt once to check it (only opens two files);
+    ``key`` (``None``: the model family) only names the model in messages."""
     if not path.is_dir():
         raise FileNotFoundError(
             f"{source} is not a folder; pass the folder written by cv.hub.save."
@@ -173,7 +174,7 @@ def _read_folder(path: Path, key: str, source: str) -> dict[str, Any]:
     payload = from_json({k: v for k, v in config.items() if k != "weights"})
     payload["weights"] = np.frombuffer((path / WEIGHTS_FILE).read_bytes(), dtype=np.uint8).copy()
     try:
-        decode(payload, key)
+        decode(payload, key or str(payload.get("model", "scvi")))
     except (TypeError, ValueError) as err:
         raise type(err)(f"The model in {source} cannot be loaded: {err}") from err
     return payload
@@ -209,24 +210,18 @@ def load(
     return _load(Path(path), adata, key, source=str(path))
 
 
-def _default_key(path: Path, key: str | None) -> str:
-    """``key``, or the family of the model saved in ``path`` (its default key)."""
-    if key is not None:
-        return key
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        return str(config["model"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "scvi"  # _read_folder then names what is wrong with the folder
-
-
 def _load(
     path: Path, adata: AnnData | None, key: str | None, *, source: str
 ) -> dict[str, Any] | None:
-    key = _default_key(path, key)
     payload = _read_folder(path, key, source)
     if adata is None:
         return payload
+    _attach(payload, adata, key or str(payload["model"]), source=source)
+    return None
+
+
+def _attach(payload: dict[str, Any], adata, key: str, *, source: str) -> None:
+    """Put ``payload`` into ``adata.uns[key]`` after checking ``adata`` fits the model."""
     if not (isinstance(adata, AnnData) or is_mudata(adata)):
         raise TypeError(f"adata must be an AnnData or MuData, got {type(adata).__name__}.")
     # raises a clear error naming the fix for wrong genes, proteins, columns or categories
@@ -238,7 +233,6 @@ def _load(
         extract_registered_data(adata, registry, var_names=payload["var_names"])
     adata.uns[key] = payload
     logger.info(f"    loaded the model from {source} into adata.uns[{key!r}]")
-    return None
 
 
 def load_data(path: str | Path, *, key: str | None = None) -> AnnData | MuData:
@@ -266,10 +260,10 @@ def load_data(path: str | Path, *, key: str | None = None) -> AnnData | MuData:
 
 
 def _load_data(path: Path, key: str | None, *, source: str) -> AnnData | MuData:
-    key = _default_key(path, key)
-    adata = read_data_file(path, source)
-    adata = rename_model_fields(adata, key)
-    _load(path, adata, key, source=source)
+    payload = _read_folder(path, key, source)
+    key = key or str(payload["model"])
+    adata = rename_model_fields(read_data_file(path, source), key)
+    _attach(payload, adata, key, source=source)
     if f"X_{key}" not in adata.obsm:  # minified: the latent mean is the stored posterior's
         model = load_model(adata, key)
         adata.obsm[f"X_{key}"] = compute_latent(model.module, model_data(adata, model))
