@@ -302,7 +302,7 @@ class SCVIModule(nn.Module):
 def count_distribution(gene_likelihood: str, gen: dict) -> torch.distributions.Distribution:
     """The RNA count distribution (Poisson, NB or ZINB) of the decoder output ``gen``
     (``scale_logits``, ``log_library``, ``theta``, ``zi_logits``)."""
-    mu = torch.exp(torch.log_softmax(gen["scale_logits"], -1) + gen["log_library"].unsqueeze(-1))
+    mu = torch.exp(SCVIModule.log_scale(gen) + gen["log_library"].unsqueeze(-1))
     if gene_likelihood == "poisson":
         return Poisson(mu)
     theta = gen["theta"].expand_as(mu)
