@@ -123,18 +123,3 @@ def draw_modalities(
         if "protein" in draws:
             draws["protein"].append(module.protein_distribution(gen).sample())
     return {name: torch.stack(values) for name, values in draws.items()}
-
-
-def draw_counts(
-    module,
-    mb: dict[str, torch.Tensor],
-    n_samples: int,
-    *,
-    batch_code: int | None = None,
-    library_size: float | str = "latent",
-) -> torch.Tensor:
-    """``(n_samples, cells, genes)`` posterior predictive RNA counts: a fresh latent per draw
-    (for totalVI the RNA part of :func:`draw_modalities`)."""
-    return draw_modalities(module, mb, n_samples, batch_code=batch_code, library_size=library_size)[
-        "rna"
-    ]
