@@ -274,3 +274,21 @@ def test_reconstruction_metric_is_minimised(registered):
     values = res["trials"]["value"]
     assert res["direction"] == "minimize" and np.all(values > 0)
     assert res["best_value"] == values.min() and res["best_trial"] == int(np.argmin(values))
+
+
+def test_import_leaves_optuna_until_tune_is_used():
+    """``import cellvi`` does not load optuna or scikit-learn; ``cv.tl.tune`` loads them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cellvi as cv\n"
+        "before = sorted(m for m in ('optuna', 'sklearn') if m in sys.modules)\n"
+        "from cellvi.tl import tune\n"
+        "assert tune is cv.tl.tune and callable(tune)\n"
+        "print(before, 'optuna' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'tunes'"):
+        cv.tl.tunes  # noqa: B018

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..utils._memory import release_free_memory
 from ..utils.distributed import world_and_rank
 
 MIN_BATCH_CELLS = 3  # BatchNorm needs more than one cell; a tiny last batch joins the previous one
@@ -162,6 +163,7 @@ def _log_factorial_rows_sparse(indptr: np.ndarray, values: np.ndarray) -> torch.
         starts = indptr[r0:r1] - lo
         filled = indptr[r0 + 1 : r1 + 1] > indptr[r0:r1]  # empty rows keep their sum of 0
         sums[r0:r1][filled] = np.add.reduceat(terms, starts[filled])
+    release_free_memory()  # the float64 pieces, which the allocator would otherwise keep
     return torch.from_numpy(sums)
 
 

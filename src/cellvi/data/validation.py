@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
+from ..utils._memory import release_free_memory
+
 __all__ = [
     "cell_totals",
     "check_matrix_type",
@@ -109,6 +111,7 @@ def validate_counts(matrix: object, *, source: str, available_layers: Sequence[s
     """
     check_matrix_type(matrix, source=source)
     tally = _scan(matrix)
+    release_free_memory()  # the scan's block temporaries, kept by the allocator otherwise
     if tally.entries:
         raise ValueError(_problem_message(tally, source=source, available_layers=available_layers))
     return int(np.count_nonzero(cell_totals(matrix) == 0))

@@ -1,5 +1,8 @@
 """Tools: train models and use them (scanpy-style ``cv.tl``)."""
 
+import importlib
+from typing import Any
+
 from ._criticism import criticism
 from ._de import differential_expression
 from ._de_results import differential_expression_df
@@ -12,7 +15,6 @@ from ._scvi_apply import scvi_embed, scvi_normalize
 from ._scvi_train import scvi_train
 from ._totalvi_apply import totalvi_denoise, totalvi_embed, totalvi_evaluate
 from ._totalvi_train import totalvi_train
-from ._tune import tune
 
 __all__ = [
     "criticism",
@@ -33,3 +35,11 @@ __all__ = [
     "totalvi_train",
     "tune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``tune`` brings optuna and scikit-learn (about 20 MB and a second of start-up): imported
+    # on first use, so that ``import cellvi`` and training do not pay for them
+    if name == "tune":
+        return importlib.import_module("._tune", __name__).tune
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
