@@ -138,3 +138,48 @@ def test_scvi_train_backed_matches_in_memory(adata, tmp_path, monkeypatch):
     assert from_disk["elbo"] == pytest.approx(from_memory["elbo"], rel=1e-6)
     with pytest.raises(ValueError, match="copy=True.*to_memory"):
         cv.tl.scvi_train(backed, max_epochs=1, copy=True)
+
+
+def _zarr_backed(adata, tmp_path):
+    """The AnnData around counts left in a zarr store (obs / var in memory)."""
+    import zarr
+
+    path = tmp_path / "data.zarr"
+    adata.write_zarr(path)
+    group = zarr.open_group(path, mode="r")
+    return ad.AnnData(
+        X=ad.io.sparse_dataset(group["X"]),
+        obs=ad.io.read_elem(group["obs"]),
+        var=ad.io.read_elem(group["var"]),
+    )
+
+
+def test_zarr_store_registers_gathers_and_trains_like_in_memory(adata, tmp_path, small_blocks):
+    adata.X = adata.layers.pop("counts")
+    on_disk = _zarr_backed(adata, tmp_path)
+    for target in (adata, on_disk):
+        cv.pp.setup_registry(target, batch_key="batch")
+    assert registries_equal(
+        {k: v for k, v in adata.uns[REGISTRY_KEY].items() if k != "library_log_vars"},
+        {k: v for k, v in on_disk.uns[REGISTRY_KEY].items() if k != "library_log_vars"},
+    )
+    memory = TensorData.from_registered(extract_registered_data(adata, adata.uns[REGISTRY_KEY]))
+    disk = TensorData.from_registered(extract_registered_data(on_disk, on_disk.uns[REGISTRY_KEY]))
+    assert isinstance(disk, BackedData) and disk.counts.format == "zarr"
+    rows = torch.tensor([41, 3, 3, 59, 0, 17, 40])
+    expected, got = memory.gather(rows), disk.gather(rows)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+    # the reader reopens the store by itself (e.g. in a spawned training process)
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(disk.counts))
+    assert (clone.read(3, 9) != disk.counts.read(3, 9)).nnz == 0
+    cv.tl.scvi_train(on_disk, max_epochs=2, n_hidden=16, seed=0)
+    assert on_disk.obsm["X_scvi"].shape == (adata.n_obs, 10)
+    assert np.isfinite(on_disk.uns["scvi"]["metrics"]["elbo_validation"])
+    assert isinstance(on_disk.X, ad.abc.CSRDataset)  # the counts were never loaded
+    with pytest.raises(ValueError, match="copy=True.*to_memory"):
+        cv.tl.scvi_train(on_disk, max_epochs=1, copy=True)
+    with pytest.raises(ValueError, match="copy=True.*to_memory"):
+        cv.pp.setup_registry(on_disk, batch_key="batch", copy=True)

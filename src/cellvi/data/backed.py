@@ -1,6 +1,7 @@
-"""Counts that stay on disk: a backed ``.h5ad`` read in row ranges, never as a whole.
+"""Counts that stay on disk: a backed ``.h5ad`` or a zarr store read in row ranges, never whole.
 
-An AnnData opened with ``anndata.read_h5ad(path, backed="r")`` keeps its ``X`` in the file. Its
+An AnnData opened with ``anndata.read_h5ad(path, backed="r")`` keeps its ``X`` in the file; one
+built around ``anndata.io.sparse_dataset(zarr.open(path)["X"])`` keeps it in a zarr store. The
 counts are validated and summarised in one pass over blocks of rows (:func:`backed_count_stats`)
 and read for training and inference a few row ranges at a time (:class:`BackedData`): CSR on
 disk is ``indptr`` / ``indices`` / ``data``, so the rows ``a:b`` are the entries
@@ -31,15 +32,38 @@ MAX_GAP_ROWS = 32
 
 
 def is_backed(matrix: object) -> bool:
-    """Whether ``matrix`` is a count matrix still on disk (backed AnnData's ``X``)."""
+    """Whether ``matrix`` is a count matrix still on disk (backed AnnData's ``X``, or a sparse
+    dataset of a zarr store)."""
     return isinstance(matrix, CSRDataset | CSCDataset | h5py.Dataset)
 
 
-class BackedCounts:
-    """Reads row ranges of an on-disk CSR or dense matrix of an ``.h5ad`` file as float32 CSR.
+def counts_on_disk(adata) -> bool:
+    """Whether ``adata`` keeps its matrix on disk: opened with ``backed="r"``, or built around
+    a sparse dataset of a file or zarr store (copying it would load the whole matrix)."""
+    return bool(adata.isbacked) or is_backed(adata.X)
 
-    Holds only the file name, the element's path in the file and ``indptr``; the file is
-    (re)opened on first use, so the reader can be pickled into other processes.
+
+def _location(element: object, source: str) -> tuple[str, str, str]:
+    """``(format, file or store folder, path inside it)`` of an on-disk matrix element."""
+    if isinstance(element, h5py.Group | h5py.Dataset):
+        return "hdf5", element.file.filename, element.name
+    if type(element).__module__.startswith("zarr"):
+        root = getattr(getattr(element, "store", None), "root", None)
+        if root is not None:  # a local folder (LocalStore): readable from any process
+            return "zarr", str(root), element.path
+    raise TypeError(
+        f"adata.{source} is stored in a {type(element).__name__}; cellvi reads counts on disk "
+        "from .h5ad files and local zarr stores: load them into memory with "
+        "`adata = adata.to_memory()`."
+    )
+
+
+class BackedCounts:
+    """Reads row ranges of an on-disk CSR or dense matrix as float32 CSR.
+
+    The matrix is in an ``.h5ad`` (HDF5) file or a local zarr store. Holds only its location
+    and ``indptr``; the file or store is (re)opened on first use, so the reader can be pickled
+    into other processes.
     """
 
     def __init__(self, matrix: CSRDataset | h5py.Dataset, *, source: str = "X") -> None:
@@ -50,15 +74,10 @@ class BackedCounts:
                 "matrix. Store it as CSR (`adata = adata.to_memory(); adata.X = adata.X.tocsr(); "
                 "adata.write_h5ad(path)`) or load it into memory with `adata.to_memory()`."
             )
-        if not isinstance(element, h5py.Group | h5py.Dataset):
-            raise TypeError(
-                f"adata.{source} is stored in a {type(element).__name__}; cellvi reads backed "
-                "counts from .h5ad (HDF5) files only: load them with `adata.to_memory()`."
-            )
-        self.filename, self.path = element.file.filename, element.name
+        self.format, self.filename, self.path = _location(element, source)
         self.shape = tuple(int(n) for n in matrix.shape)
         self.dtype = np.dtype(matrix.dtype)
-        self.sparse = isinstance(element, h5py.Group)
+        self.sparse = not isinstance(element, h5py.Dataset)
         self.indptr = np.asarray(element["indptr"][:], dtype=np.int64) if self.sparse else None
         self._element = None
         self.rows_read = 0  # for tests and diagnostics: rows read since creation
@@ -68,7 +87,12 @@ class BackedCounts:
 
     def _open(self):
         if self._element is None:
-            self._element = h5py.File(self.filename, "r")[self.path]
+            if self.format == "zarr":
+                import zarr  # an anndata dependency; only needed for zarr stores
+
+                self._element = zarr.open_group(self.filename, mode="r")[self.path]
+            else:
+                self._element = h5py.File(self.filename, "r")[self.path]
         return self._element
 
     def nnz(self, start: int, stop: int) -> int:

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from ..data._fields import check_anndata
 from ..data._mudata import is_mudata
+from ..data.backed import counts_on_disk
 from ..data.registry import REGISTRY_KEY, build_registry
 from ._setup_multimodal import setup_multimodal
 
@@ -106,9 +107,9 @@ def setup_registry(
             "MuData, or an AnnData with protein_obsm_key=...; for RNA alone use layer=."
         )
     check_anndata(adata)
-    if adata.isbacked and (copy or adata.is_view):
+    if counts_on_disk(adata) and (copy or adata.is_view):
         raise ValueError(
-            "adata is backed (opened from a file with backed='r') and "
+            "adata keeps its counts on disk (a backed .h5ad or a zarr store) and "
             f"{'copy=True' if copy else 'a view'} would need the whole matrix in memory: "
             "register the backed AnnData itself (`cv.pp.setup_registry(adata, ...)`), or load it "
             "with `adata = adata.to_memory()` first."

@@ -17,6 +17,7 @@ from ..data._mudata import (
     protein_spec,
     rna_anndata,
 )
+from ..data.backed import counts_on_disk
 from ..data.registry import REGISTRY_KEY, build_registry
 
 logger = logging.getLogger("cellvi")
@@ -44,8 +45,11 @@ def build_multimodal_registry(
         protein_obsm_key=protein_obsm_key,
     )
     rna = rna_anndata(data, (rna_modality, protein_modality))
-    if rna.isbacked:
-        raise ValueError("The RNA data are backed; load them with `.to_memory()` first.")
+    if counts_on_disk(rna):
+        raise ValueError(
+            "The RNA counts are on disk (backed); totalVI trains from memory: load them with "
+            "`.to_memory()` first."
+        )
     registry = build_registry(rna, layer=rna_layer, **obs_keys)
     counts, names = dense_protein_counts(data, spec, protein_names=protein_names)
     batch = category_codes(

@@ -16,6 +16,7 @@ import torch
 from anndata import AnnData
 
 from .._settings import settings
+from ..data.backed import counts_on_disk
 from ..data.loader import TensorData, train_validation_split
 from ..data.registry import extract_registered_data, get_registry
 from ..lifecycle.payload import encode
@@ -223,9 +224,9 @@ def scvi_train(
         precision,
     )
     resolve_devices(devices, strategy, num_nodes)
-    if copy and adata.isbacked:
+    if copy and counts_on_disk(adata):
         raise ValueError(
-            "copy=True would load the whole backed AnnData into memory: train the backed AnnData "
+            "copy=True would load the whole matrix on disk into memory: train the backed AnnData "
             "itself (results go to its .obsm and .uns), or load it with `adata.to_memory()`."
         )
     registry = get_registry(adata)
