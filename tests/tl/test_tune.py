@@ -284,6 +284,7 @@ def test_import_leaves_optuna_until_tune_is_used():
     code = (
         "import sys, cellvi as cv\n"
         "before = sorted(m for m in ('optuna', 'sklearn') if m in sys.modules)\n"
+        "assert 'tune' in dir(cv.tl)\n"
         "from cellvi.tl import tune\n"
         "assert tune is cv.tl.tune and callable(tune)\n"
         "print(before, 'optuna' in sys.modules)\n"

@@ -43,3 +43,7 @@ def __getattr__(name: str) -> Any:
     if name == "tune":
         return importlib.import_module("._tune", __name__).tune
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})  # tab completion lists ``tune`` before its import
