@@ -73,6 +73,7 @@ class AdversarialTrainingPlan(TrainingPlan):
         return 1.0 - self.kl_weight if self.adversarial_weight is None else self.adversarial_weight
 
     def training_step(self, batch, batch_idx):
+        self._advance(batch_idx)
         vae_opt, cls_opt = self.optimizers()
         terms = self.module(batch, kl_weight=self.kl_weight)
         if terms.loss.device.type == "cpu" and not torch.isfinite(terms.loss):

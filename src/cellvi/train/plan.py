@@ -71,18 +71,27 @@ class TrainingPlan(pl.LightningModule):
         self.last_good_state: dict[str, torch.Tensor] | None = None
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
         self._steps_per_epoch = 1
+        self._progress = 0.0  # epochs of training done, in minibatches: see _advance
 
     # -- KL warm-up ---------------------------------------------------------------------------
     @property
     def kl_weight(self) -> float:
-        """Linear warm-up over ``n_epochs_kl_warmup`` epochs, advanced at every step."""
+        """Linear warm-up over ``n_epochs_kl_warmup`` epochs, advanced at every minibatch."""
         if self.n_epochs_kl_warmup <= 0:
             return 1.0
-        progress = self.global_step / self._steps_per_epoch
-        return min(1.0, progress / self.n_epochs_kl_warmup)
+        return min(1.0, self._progress / self.n_epochs_kl_warmup)
+
+    def _advance(self, batch_idx: int) -> None:
+        """Training progress at minibatch ``batch_idx`` of the current epoch.
+
+        Counted in minibatches, not from Lightning's ``global_step``: in manual optimisation
+        that counts optimiser steps, two per minibatch for a plan with an adversary.
+        """
+        self._progress = self.current_epoch + batch_idx / self._steps_per_epoch
 
     def on_train_start(self) -> None:
         self._steps_per_epoch = max(1, int(self.trainer.num_training_batches))
+        self._progress = float(self.current_epoch)  # a resumed run starts at its epoch
 
     # -- steps --------------------------------------------------------------------------------
     def _accumulate(self, prefix: str, terms) -> None:
@@ -96,6 +105,7 @@ class TrainingPlan(pl.LightningModule):
             acc[name] = acc[name] + value
 
     def training_step(self, batch, batch_idx):
+        self._advance(batch_idx)
         optimizer = self.optimizers()
         terms = self.module(batch, kl_weight=self.kl_weight)
         # on a GPU a per-step check would synchronise every step; there the epoch-end check on
@@ -160,6 +170,7 @@ class TrainingPlan(pl.LightningModule):
         if metrics and not all(math.isfinite(v) for v in metrics.values()):
             self._fail_non_finite()
         self.history.setdefault("epoch", []).append(float(self.current_epoch + 1))
+        self._progress = float(self.current_epoch + 1)  # the weight the next epoch starts with
         self.history.setdefault("kl_weight", []).append(self.kl_weight)
         self._record(metrics)
         self.last_good_state = copy.deepcopy(self.module.state_dict())
