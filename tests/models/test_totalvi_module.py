@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from cellvi.distributions import NegativeBinomialMixture
 from cellvi.distributions._mixture_likelihood import nb_mixture_log_prob
-from cellvi.models._protein_prior import empirical_background_prior
+from cellvi.models._protein_prior import MAX_INITIAL_STD, empirical_background_prior
 from cellvi.models.scvi import count_log_likelihood
 from cellvi.models.totalvi import TOTALVIModule
 from cellvi.train.adversarial import fool_loss
@@ -92,6 +93,28 @@ def test_empirical_prior_finds_the_lower_component():
     np.testing.assert_allclose(means[:, 0], np.log1p([10.0, 30.0]), atol=0.15)
     assert (stds[:, 0] < 0.5).all()
     np.testing.assert_array_equal(means[:, 1], [3.0, 3.0])  # unmeasured: the default
+
+
+def test_empirical_prior_scale_leaves_out_the_count_noise():
+    # background means spread little across cells (log-scale sd 0.1), but Poisson-gamma noise
+    # spreads the log counts far wider: the fitted width is the counts', the start is capped
+    rng = np.random.default_rng(1)
+    n = 3000
+    batch = np.zeros(n, dtype=int)
+    fore = rng.random(n) < 0.3
+    back_mean = np.exp(rng.normal(np.log(8.0), 0.1, n))
+    mean = np.where(fore, back_mean * 30, back_mean)
+    counts = rng.negative_binomial(5, 5 / (5 + mean))[:, None].astype(np.float32)
+    mask = np.ones((1, 1), dtype=np.uint8)
+    kw = dict(default_mean=3.0, default_std=1.0)
+    _, fitted = empirical_background_prior(counts, batch, mask, max_std=np.inf, **kw)
+    means, capped = empirical_background_prior(counts, batch, mask, **kw)
+    log_counts_sd = np.log1p(counts[~fore, 0]).std()
+    assert fitted[0, 0] > 0.4 and abs(fitted[0, 0] - log_counts_sd) < 0.1
+    assert capped[0, 0] == pytest.approx(MAX_INITIAL_STD)
+    np.testing.assert_allclose(means[0, 0], np.log1p(8.0), atol=0.3)
+    _, tight = empirical_background_prior(counts, batch, mask, max_std=0.2, **kw)
+    assert tight[0, 0] == pytest.approx(0.2)
 
 
 def test_fool_loss_is_minimal_for_a_uniform_guess():

@@ -3,6 +3,13 @@
 For each protein and batch, a two-component Gaussian mixture is fitted to ``log1p`` of the
 counts; the lower component is the background. Its mean and standard deviation initialise the
 (learned) prior of the log background mean.
+
+The standard deviation starts at most at :data:`MAX_INITIAL_STD`. The fit measures the spread of
+``log1p`` counts, which is the spread of the cells' background *means* plus the counts' own
+sampling noise; the prior describes the first only. A prior as wide as the log counts lets the
+background absorb foreground signal and widens the protein predictive intervals (measured in
+``benchmarks/bench_protein_calibration.py``). The prior is learned, so it can widen again where
+the data ask for it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import numpy as np
 #: More proteins than this switch the empirical prior on by default.
 EMPIRICAL_PRIOR_MIN_PROTEINS = 10
 _MIN_STD = 0.05
+#: Largest starting standard deviation of the empirical background prior (log scale).
+MAX_INITIAL_STD = 0.3
 _EM_STEPS = 50
 
 
@@ -43,13 +52,16 @@ def empirical_background_prior(
     default_mean: float,
     default_std: float,
     max_cells: int = 5000,
+    max_std: float | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean and std of the log background, ``(n_batch, n_proteins)`` each.
 
     Pairs not measured (``mask`` 0) or with fewer than 10 cells keep the defaults. At most
-    ``max_cells`` cells per batch (a seeded subsample) enter each fit.
+    ``max_cells`` cells per batch (a seeded subsample) enter each fit. Fitted standard
+    deviations are capped at ``max_std`` (default :data:`MAX_INITIAL_STD`).
     """
+    cap = MAX_INITIAL_STD if max_std is None else float(max_std)
     n_batch, n_proteins = mask.shape
     means = np.full((n_batch, n_proteins), default_mean)
     stds = np.full((n_batch, n_proteins), default_std)
@@ -62,5 +74,6 @@ def empirical_background_prior(
             cells = rng.choice(cells, max_cells, replace=False)
         logs = np.log1p(counts[cells])
         for p in np.flatnonzero(mask[b]):
-            means[b, p], stds[b, p] = _two_gaussians(logs[:, p])
+            mean, std = _two_gaussians(logs[:, p])
+            means[b, p], stds[b, p] = mean, min(std, cap)
     return means, stds
