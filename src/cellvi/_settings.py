@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -26,6 +27,11 @@ class CellviSettings:
         Where trained models run for embedding, evaluation and normalisation: ``"auto"`` (a
         GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Training
         uses the ``accelerator`` argument of the training functions instead.
+    native_kernels
+        Whether the count likelihoods may use cellvi's compiled C kernel on the CPU (built on
+        first use with the system C compiler; see :mod:`cellvi.utils.native`). It gives the
+        same results as the torch implementation, about three times faster. Default: ``True``,
+        unless the environment variable ``CELLVI_NATIVE_KERNELS`` is ``0``.
     """
 
     def __init__(self) -> None:
@@ -34,6 +40,7 @@ class CellviSettings:
         self._device = "auto"
         self._n_threads: int | None = None
         self._verbosity = 2
+        self._native_kernels = os.environ.get("CELLVI_NATIVE_KERNELS", "1") != "0"
         self._apply_verbosity()
 
     @property
@@ -47,6 +54,16 @@ class CellviSettings:
                 raise ValueError(f"n_threads must be a positive integer or None, got {value!r}.")
             torch.set_num_threads(int(value))
         self._n_threads = None if value is None else int(value)
+
+    @property
+    def native_kernels(self) -> bool:
+        return self._native_kernels
+
+    @native_kernels.setter
+    def native_kernels(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"native_kernels must be True or False, got {value!r}.")
+        self._native_kernels = value
 
     @property
     def device(self) -> str:
@@ -83,7 +100,7 @@ class CellviSettings:
         return (
             f"CellviSettings(seed={self.seed}, n_threads={self.n_threads}, "
             f"progress_bar={self.progress_bar}, verbosity={self.verbosity}, "
-            f"device={self.device!r})"
+            f"device={self.device!r}, native_kernels={self.native_kernels})"
         )
 
 

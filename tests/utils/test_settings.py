@@ -34,3 +34,12 @@ def test_verbosity_and_threads():
         cv.settings.n_threads = None
         torch.set_num_threads(before)
     assert "device='auto'" in repr(cv.settings)
+
+
+def test_native_kernels_setting(monkeypatch):
+    monkeypatch.setattr(cv.settings, "_native_kernels", True)
+    cv.settings.native_kernels = False
+    assert "native_kernels=False" in repr(cv.settings)
+    with pytest.raises(ValueError, match="True or False"):
+        cv.settings.native_kernels = "yes"
+    assert cv.settings.native_kernels is False

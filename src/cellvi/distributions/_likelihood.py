@@ -19,6 +19,10 @@ mu)`` and ``t = theta * D = log NB(0)``, for ``x > 0``: ``log NB(x) = t + lgamma
 softplus(rho)``. The zero case is summed over every entry and corrected at the non-zero ones.
 Values and gradients are checked against the distribution classes and autograd in the tests.
 
+On a CPU, with float32 inputs, the NB and ZINB functions run the compiled C kernel of
+:mod:`._native_likelihood` instead (same values and gradients, one pass over each cell) when
+it could be built; :class:`_NegBinomialLogLik` is the implementation everywhere else.
+
 Every function returns the full normalised log-likelihood per cell, shape ``(n_cells,)``.
 ``x`` is the dense count matrix; it may be ``None`` when the non-zero entries are given as
 ``nz_rows``, ``nz_cols`` and ``nz_values``.
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import _native_likelihood as native
 
 _EPS = 1e-8
 _TINY = torch.finfo(torch.float32).tiny
@@ -160,6 +166,22 @@ def _check_theta(theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return theta.contiguous() if theta.dim() == 2 else theta
 
 
+def _nb_or_zinb(x, logits, log_library, theta, rho, log_x_factorial, rows, cols, values):
+    theta = _check_theta(theta, logits)
+    if rows is None or cols is None:
+        rows, cols = torch.nonzero(x, as_tuple=True)
+    if values is None:
+        values = x[rows, cols]
+    if native.usable(logits, log_library, theta, rho, values, log_x_factorial):
+        return native.nb_log_likelihood_native(
+            logits, log_library, theta, rho, rows, cols, values, log_x_factorial
+        )
+    nz = _NonZero(x, rows, cols, values, n_genes=logits.shape[-1])
+    return _NegBinomialLogLik.apply(
+        logits, log_library, theta, rho, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
+    )
+
+
 def nb_log_likelihood(
     x: torch.Tensor,
     logits: torch.Tensor,
@@ -172,11 +194,8 @@ def nb_log_likelihood(
     nz_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """NB log-likelihood per cell with ``mu = softmax(logits) * exp(log_library)``."""
-    nz = _NonZero(x, nz_rows, nz_cols, nz_values, n_genes=logits.shape[-1])
-    theta = _check_theta(theta, logits)
-    return _NegBinomialLogLik.apply(
-        logits, log_library, theta, None, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
-    )
+    return _nb_or_zinb(x, logits, log_library, theta, None, log_x_factorial,
+                       nz_rows, nz_cols, nz_values)  # fmt: skip
 
 
 def zinb_log_likelihood(
@@ -192,11 +211,8 @@ def zinb_log_likelihood(
     nz_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Zero-inflated NB log-likelihood per cell, ``mu = softmax(logits) * exp(log_library)``."""
-    nz = _NonZero(x, nz_rows, nz_cols, nz_values, n_genes=logits.shape[-1])
-    theta = _check_theta(theta, logits)
-    return _NegBinomialLogLik.apply(
-        logits, log_library, theta, zi_logits, nz.rows, nz.cols, nz.flat, nz.x, log_x_factorial
-    )
+    return _nb_or_zinb(x, logits, log_library, theta, zi_logits, log_x_factorial,
+                       nz_rows, nz_cols, nz_values)  # fmt: skip
 
 
 def poisson_log_likelihood(

@@ -1,0 +1,127 @@
+"""The (zero-inflated) NB training likelihood through the compiled C kernel ``_nb_kernel.c``.
+
+Same inputs and outputs as :class:`cellvi.distributions._likelihood._NegBinomialLogLik`: the
+full normalised log-likelihood per cell from decoder logits, and the gradients with respect to
+the logits, the log library size, the inverse dispersion and the zero-inflation logits. The
+kernel makes one pass over each cell (the torch version makes about twenty-five full passes
+over the ``cells x genes`` matrix per step) and computes the derivatives in the same pass, so
+the backward step only scales them by the upstream gradient.
+
+Used for float32 CPU tensors when :attr:`cellvi.settings.native_kernels` is on and the kernel
+could be built (:func:`cellvi.utils.native.load_kernel`); everything else (CUDA, float64, no
+compiler) uses the torch version.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from .._settings import settings
+from ..utils.native import load_kernel
+
+_SOURCE = Path(__file__).with_name("_nb_kernel.c")
+_P = ctypes.c_void_p
+
+
+@functools.cache
+def _kernel():
+    lib = load_kernel(_SOURCE)
+    if lib is None:
+        return None
+    fn = lib.cellvi_nb_loglik
+    fn.argtypes = [ctypes.c_int64, ctypes.c_int64, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P,
+                   _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]  # fmt: skip
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used in this process (builds it on first call)."""
+    return bool(settings.native_kernels) and _kernel() is not None
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernel applies to these inputs: float32 on the CPU, kernel available."""
+    for t in tensors:
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+            return False
+    return available()
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _indptr(rows: torch.Tensor, n_cells: int) -> torch.Tensor:
+    indptr = torch.zeros(n_cells + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(rows, minlength=n_cells), 0, out=indptr[1:])
+    return indptr
+
+
+def _run(logits, log_library, theta, rho, rows, cols, values, log_x_factorial, *, grad: bool):
+    n_cells, n_genes = logits.shape
+    per_entry = theta.dim() == 2
+    out = torch.empty(n_cells)
+    d_logits = d_lib = d_theta = d_rho = None
+    if grad:
+        d_logits, d_lib = torch.empty(n_cells, n_genes), torch.empty(n_cells)
+        d_theta = torch.empty(n_cells, n_genes)
+        d_rho = torch.empty(n_cells, n_genes) if rho is not None else None
+    for attempt in range(2):
+        indptr = _indptr(rows, n_cells)
+        status = _kernel()(
+            n_cells, n_genes, _ptr(logits), _ptr(log_library), _ptr(theta), int(per_entry),
+            _ptr(rho), _ptr(indptr), _ptr(rows), _ptr(cols), _ptr(values),
+            _ptr(log_x_factorial), _ptr(out), _ptr(d_logits), _ptr(d_lib), _ptr(d_theta),
+            _ptr(d_rho), torch.get_num_threads(),
+        )  # fmt: skip
+        if status == 0:
+            return out, d_logits, d_lib, d_theta, d_rho
+        if status & 2:
+            raise MemoryError("The NB likelihood kernel could not allocate its scratch memory.")
+        if attempt == 0:  # non-zero entries not grouped by cell: sort them, once
+            order = torch.argsort(rows, stable=True)
+            rows, cols, values = rows[order], cols[order], values[order]
+    raise ValueError("Non-zero count coordinates are out of range for the count matrix.")
+
+
+class _NativeNegBinomialLogLik(torch.autograd.Function):
+    """Per-cell (zero-inflated) NB log-likelihood from decoder logits, computed by the C kernel
+    together with its derivatives."""
+
+    @staticmethod
+    def forward(ctx, logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial):
+        inputs = (logits, log_library, theta, rho)
+        grad = any(t is not None and t.requires_grad for t in inputs)
+        out, d_logits, d_lib, d_theta, d_rho = _run(
+            *(t.contiguous() if t is not None else None for t in inputs),
+            rows.contiguous(), cols.contiguous(), x_nz.contiguous(),
+            log_x_factorial.contiguous(), grad=grad,
+        )  # fmt: skip
+        ctx.per_gene = theta.dim() == 1
+        ctx.save_for_backward(d_logits, d_lib, d_theta, d_rho)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        d_logits, d_lib, d_theta, d_rho = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        needs = ctx.needs_input_grad
+        g_logits = d_logits * g if needs[0] else None
+        g_lib = d_lib * grad if needs[1] else None
+        g_theta = None
+        if needs[2]:
+            g_theta = grad @ d_theta if ctx.per_gene else d_theta * g
+        g_rho = d_rho * g if needs[3] else None
+        return g_logits, g_lib, g_theta, g_rho, None, None, None, None
+
+
+def nb_log_likelihood_native(logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial):
+    """Per-cell log-likelihood (NB when ``rho`` is ``None``, else ZINB) through the kernel."""
+    return _NativeNegBinomialLogLik.apply(
+        logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial
+    )

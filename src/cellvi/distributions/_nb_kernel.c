@@ -1,0 +1,276 @@
+/* Per-cell (zero-inflated) negative binomial log-likelihood from decoder logits, with the
+ * derivatives a training step needs, in one pass over each cell.
+ *
+ * cellvi compiles this file on first use (cellvi/utils/native.py) and calls it through
+ * ctypes (cellvi/distributions/_native_likelihood.py); without a C compiler the torch
+ * implementation in _likelihood.py runs instead. Both compute the same quantities:
+ *
+ *   scale = softmax(logits), mu = scale * exp(log_library), r = mu / theta,
+ *   t = -theta * log1p(r) = log NB(0 | mu, theta),
+ *   zero-inflated (logits rho): log p(0) = softplus(t - rho) - softplus(-rho),
+ *   x > 0: log NB(x) = t + lgamma(x + theta) - lgamma(theta) - log x! + x log(mu / (theta + mu)),
+ *          zero-inflated: log p(x) = log NB(x) - softplus(rho).
+ *
+ * The zero case is summed over every entry of a cell (dense, vectorised) and corrected at the
+ * cell's non-zero entries (given in CSR form). Outputs, per cell i and gene j, are the
+ * log-likelihood out[i] and, when d_logits is not NULL, the partial derivatives of out[i]:
+ * d_logits[i, j] (through the softmax), d_log_library[i], d_theta[i, j] (with respect to
+ * theta[j] or theta[i, j]) and, zero-inflated, d_rho[i, j]. The caller multiplies them by the
+ * upstream gradient of out[i].
+ *
+ * The dense pass is in float32; the non-zero terms (differences of lgamma / digamma) are in
+ * float64. Every cell is handled by one thread from start to end, so results do not depend on
+ * the number of threads.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__)
+/* glibc's vector math library (libmvec): lets GCC vectorise these calls without -ffast-math */
+#define CELLVI_SIMD __attribute__((__simd__("notinbranch")))
+#else
+#define CELLVI_SIMD
+#endif
+extern float expf(float) CELLVI_SIMD;
+extern float log1pf(float) CELLVI_SIMD;
+extern double exp(double) CELLVI_SIMD;
+extern double log(double) CELLVI_SIMD;
+extern double log1p(double) CELLVI_SIMD;
+
+#define THETA_EPS 1e-8
+#define HALF_LOG_2PI 0.91893853320467274178
+
+/* lgamma(z) for z > 0: six recurrence steps, then Stirling's series (about 1e-14 relative) */
+static inline double lgamma_positive(double z) {
+    double p = z * (z + 1.0) * (z + 2.0) * (z + 3.0) * (z + 4.0) * (z + 5.0);
+    double w = z + 6.0, iw = 1.0 / w, iw2 = iw * iw;
+    double series = iw * (1.0 / 12 - iw2 * (1.0 / 360 - iw2 * (1.0 / 1260 - iw2 / 1680)));
+    return (w - 0.5) * log(w) - w + HALF_LOG_2PI + series - log(p);
+}
+
+/* digamma(z) for z > 0: six recurrence steps, then the asymptotic series */
+static inline double digamma_positive(double z) {
+    double head = 1.0 / z + 1.0 / (z + 1.0) + 1.0 / (z + 2.0) + 1.0 / (z + 3.0) + 1.0 / (z + 4.0)
+                  + 1.0 / (z + 5.0);
+    double w = z + 6.0, iw = 1.0 / w, iw2 = iw * iw;
+    double series = iw2 * (1.0 / 12 - iw2 * (1.0 / 120 - iw2 * (1.0 / 252 - iw2 * (1.0 / 240 - iw2 / 132))));
+    return log(w) - 0.5 * iw - series - head;
+}
+
+/* per-thread scratch: one cell's scale and its non-zero entries gathered contiguously */
+typedef struct {
+    float *scale;
+    double *x, *sc, *th, *lg, *dg, *rho, *d_mu, *d_th, *w;
+} scratch_t;
+
+static int scratch_alloc(scratch_t *s, int64_t n_genes) {
+    s->scale = malloc(sizeof(float) * (size_t)n_genes);
+    double *b = malloc(sizeof(double) * (size_t)n_genes * 9);
+    if (s->scale == NULL || b == NULL) {
+        free(s->scale);
+        free(b);
+        return 0;
+    }
+    s->x = b;
+    s->sc = b + n_genes;
+    s->th = b + 2 * n_genes;
+    s->lg = b + 3 * n_genes;
+    s->dg = b + 4 * n_genes;
+    s->rho = b + 5 * n_genes;
+    s->d_mu = b + 6 * n_genes;
+    s->d_th = b + 7 * n_genes;
+    s->w = b + 8 * n_genes;
+    return 1;
+}
+
+static void scratch_free(scratch_t *s) {
+    free(s->scale);
+    free(s->x);
+}
+
+/* The dense pass over one cell: softmax, the zero-case log-likelihood of every entry and
+ * its derivatives. Returns the sum; leaves scale = softmax(logits) in s->scale. */
+static float dense_pass(int64_t n_genes, const float *logits, float log_library,
+                        const float *theta, const float *inv_theta, const float *rho,
+                        float *scale, float *d_logits, float *d_theta, float *d_rho) {
+    float m = -FLT_MAX;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n_genes; j++) m = logits[j] > m ? logits[j] : m;
+    float total = 0.f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < n_genes; j++) {
+        float e = expf(logits[j] - m);
+        scale[j] = e;
+        total += e;
+    }
+    const float inv_total = 1.0f / total, library = expf(log_library);
+    float acc = 0.f;
+    if (rho != NULL) {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < n_genes; j++) {
+            float sc = scale[j] * inv_total;
+            scale[j] = sc;
+            float r = sc * library * inv_theta[j];
+            float lp = log1pf(r), q = r / (1.0f + r), t = -theta[j] * lp;
+            float rh = rho[j], a = t - rh;
+            float ea = expf(-fabsf(a)), er = expf(-fabsf(rh));
+            acc += (a > 0.f ? a : 0.f) + log1pf(ea) - (rh < 0.f ? -rh : 0.f) - log1pf(er);
+            if (d_logits != NULL) {
+                float sig_a = (a >= 0.f ? 1.0f : ea) / (1.0f + ea);
+                float sig_neg_rho = (rh <= 0.f ? 1.0f : er) / (1.0f + er);
+                d_rho[j] = sig_neg_rho - sig_a;
+                d_logits[j] = -sig_a * theta[j] * q; /* d / d log mu, for now */
+                d_theta[j] = sig_a * (q - lp);
+            }
+        }
+    } else {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < n_genes; j++) {
+            float sc = scale[j] * inv_total;
+            scale[j] = sc;
+            float r = sc * library * inv_theta[j];
+            float lp = log1pf(r), q = r / (1.0f + r);
+            acc += -theta[j] * lp;
+            if (d_logits != NULL) {
+                d_logits[j] = -theta[j] * q;
+                d_theta[j] = q - lp;
+            }
+        }
+    }
+    return acc;
+}
+
+/* The non-zero entries of one cell, gathered in s (n of them): their correction to the
+ * dense sum, and their derivatives in s->d_mu, s->d_th, s->w. */
+static double nonzero_pass(int64_t n, double log_library, int per_entry, int zero_inflated,
+                           scratch_t *s) {
+    const double library = exp(log_library);
+    const double *restrict xs = s->x, *restrict ths = s->th, *restrict scs = s->sc;
+    const double *restrict rhos = s->rho;
+    double *restrict lgs = s->lg, *restrict dgs = s->dg;
+    double *restrict d_mus = s->d_mu, *restrict d_ths = s->d_th, *restrict ws = s->w;
+    if (per_entry) {
+#pragma omp simd
+        for (int64_t k = 0; k < n; k++) {
+            lgs[k] = lgamma_positive(ths[k]);
+            dgs[k] = digamma_positive(ths[k]);
+        }
+    }
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t k = 0; k < n; k++) {
+        double x = xs[k], th = ths[k], sc = scs[k];
+        double lg_th = lgs[k], dg_th = dgs[k];
+        double r = sc * library / th, lp = log1p(r), q = r / (1.0 + r);
+        /* log mu; the floor only matters where the softmax underflowed */
+        double log_mu = log(sc > (double)FLT_MIN ? sc : (double)FLT_MIN) + log_library;
+        double v = lgamma_positive(x + th) - lg_th + x * (log_mu - log(th) - lp);
+        double d_mu = x * (1.0 - q);
+        double d_th = digamma_positive(x + th) - dg_th - d_mu / th;
+        double w = 0.0;
+        if (zero_inflated) {
+            double d = rhos[k] + th * lp; /* rho - t */
+            double e = exp(-fabs(d));
+            v -= (d > 0.0 ? d : 0.0) + log1p(e); /* t - logaddexp(rho, t) */
+            w = (d >= 0.0 ? 1.0 : e) / (1.0 + e);
+            d_mu -= w * th * q;
+            d_th += w * (q - lp);
+        }
+        acc += v;
+        d_mus[k] = d_mu;
+        d_ths[k] = d_th;
+        ws[k] = w;
+    }
+    return acc;
+}
+
+/* Returns 0 on success, 1 when the non-zero entries are not grouped by cell as indptr says,
+ * 2 when scratch memory could not be allocated. theta is (n_genes,) when theta_per_entry is
+ * 0, else (n_cells, n_genes); rho and the d_* outputs may be NULL. All arrays are C-contiguous. */
+int cellvi_nb_loglik(int64_t n_cells, int64_t n_genes, const float *logits,
+                     const float *log_library, const float *theta, int theta_per_entry,
+                     const float *rho, const int64_t *indptr, const int64_t *rows,
+                     const int64_t *cols, const float *values, const float *log_x_factorial,
+                     float *out, float *d_logits, float *d_log_library, float *d_theta,
+                     float *d_rho, int n_threads) {
+    const int grad = d_logits != NULL, zero_inflated = rho != NULL;
+    const int64_t n_theta = theta_per_entry ? n_cells * n_genes : n_genes;
+    float *theta_e = malloc(sizeof(float) * (size_t)n_theta);
+    float *inv_theta = malloc(sizeof(float) * (size_t)n_theta);
+    double *lg_theta = malloc(sizeof(double) * (size_t)n_genes);
+    double *dg_theta = malloc(sizeof(double) * (size_t)n_genes);
+    int status = 0;
+    if (theta_e == NULL || inv_theta == NULL || lg_theta == NULL || dg_theta == NULL) {
+        status = 2;
+        goto done;
+    }
+    for (int64_t j = 0; j < n_theta; j++) {
+        theta_e[j] = theta[j] + (float)THETA_EPS;
+        inv_theta[j] = 1.0f / theta_e[j];
+    }
+    if (!theta_per_entry) {
+        for (int64_t j = 0; j < n_genes; j++) {
+            lg_theta[j] = lgamma_positive((double)theta_e[j]);
+            dg_theta[j] = digamma_positive((double)theta_e[j]);
+        }
+    }
+#pragma omp parallel num_threads(n_threads) reduction(| : status)
+    {
+        scratch_t s;
+        if (!scratch_alloc(&s, n_genes)) {
+            status |= 2;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_cells; i++) {
+                const int64_t row = i * n_genes, th_off = theta_per_entry ? row : 0;
+                const float *th = theta_e + th_off, *inv_th = inv_theta + th_off;
+                const float *rh = zero_inflated ? rho + row : NULL;
+                float *dl = grad ? d_logits + row : NULL;
+                float *dt = grad ? d_theta + row : NULL;
+                float *dr = (grad && zero_inflated) ? d_rho + row : NULL;
+                float dense = dense_pass(n_genes, logits + row, log_library[i], th, inv_th, rh,
+                                         s.scale, dl, dt, dr);
+                const int64_t k0 = indptr[i], nk = indptr[i + 1] - k0;
+                for (int64_t k = 0; k < nk; k++) {
+                    const int64_t j = cols[k0 + k];
+                    if (rows[k0 + k] != i || j < 0 || j >= n_genes) {
+                        status |= 1;
+                        break;
+                    }
+                    s.x[k] = values[k0 + k];
+                    s.sc[k] = s.scale[j];
+                    s.th[k] = th[j];
+                    s.lg[k] = theta_per_entry ? 0.0 : lg_theta[j];
+                    s.dg[k] = theta_per_entry ? 0.0 : dg_theta[j];
+                    s.rho[k] = zero_inflated ? rh[j] : 0.0;
+                }
+                if (status & 1) continue;
+                double sparse = nonzero_pass(nk, log_library[i], theta_per_entry, zero_inflated, &s);
+                out[i] = dense + (float)sparse - log_x_factorial[i];
+                if (!grad) continue;
+                for (int64_t k = 0; k < nk; k++) {
+                    const int64_t j = cols[k0 + k];
+                    dl[j] += (float)s.d_mu[k];
+                    dt[j] += (float)s.d_th[k];
+                    if (zero_inflated) dr[j] -= (float)s.w[k];
+                }
+                /* through the softmax: d/d logits = d/d log mu - scale * sum(d/d log mu) */
+                float total = 0.f;
+#pragma omp simd reduction(+ : total)
+                for (int64_t j = 0; j < n_genes; j++) total += dl[j];
+#pragma omp simd
+                for (int64_t j = 0; j < n_genes; j++) dl[j] -= s.scale[j] * total;
+                d_log_library[i] = total;
+            }
+            scratch_free(&s);
+        }
+    }
+done:
+    free(theta_e);
+    free(inv_theta);
+    free(lg_theta);
+    free(dg_theta);
+    return status;
+}
