@@ -1,7 +1,18 @@
 import pytest
 import torch
 
+import cellvi as cv
+from cellvi.nn import dropout as dropout_module
 from cellvi.nn.dropout import Dropout
+
+
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def implementation(request, monkeypatch):
+    """Every test runs with the C kernel (when it can be built here) and without it."""
+    if request.param == "compiled" and dropout_module._kernel() is None:
+        pytest.skip("the C dropout kernel could not be built here (no C compiler?)")
+    monkeypatch.setattr(cv.settings, "_native_kernels", request.param == "compiled")
+    return request.param
 
 
 def test_keeps_the_expected_fraction_and_the_mean():
@@ -72,3 +83,19 @@ def test_cuda_uses_torch_dropout():
     y = Dropout(0.2).train()(torch.ones(1000, 100, device="cuda"))
     assert y.device.type == "cuda"
     assert (y == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
+
+
+def test_the_compiled_kernel_is_used_and_thread_count_does_not_matter(implementation):
+    x = torch.randn(300, 257, requires_grad=True)  # not a multiple of 4 entries
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(7)
+            outs.append(Dropout(0.2).train()(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    native = outs[0].grad_fn.name().startswith("_NativeDropout")
+    assert native == (implementation == "compiled")

@@ -41,3 +41,29 @@ def test_unknown_precision_lists_the_valid_ones(adata):
     with pytest.raises(ValueError, match="bf16-mixed"):
         cv.tl.scvi_train(adata, precision="half")
     assert "scvi" not in adata.uns
+
+
+def test_backward_runs_outside_autocast(adata, monkeypatch):
+    """Under bf16-mixed the forward pass is autocast, the backward pass is not (on a CPU it runs
+    in the training thread, where autocast would re-cast every gradient product)."""
+    import torch
+
+    from cellvi.models.scvi import SCVIModule
+
+    seen = {"forward": [], "backward": []}
+    original = SCVIModule.forward
+
+    def forward(self, mb, kl_weight=1.0):
+        terms = original(self, mb, kl_weight)
+        if terms.loss.requires_grad:  # a training step (not the latent computed afterwards)
+            seen["forward"].append(torch.is_autocast_enabled("cpu"))
+            terms.loss.register_hook(
+                lambda g: seen["backward"].append(torch.is_autocast_enabled("cpu"))
+            )
+        return terms
+
+    monkeypatch.setattr(SCVIModule, "forward", forward)
+    cv.pp.setup_registry(adata, layer="counts", batch_key="batch")
+    cv.tl.scvi_train(adata, copy=True, max_epochs=1, n_hidden=16, precision="bf16-mixed")
+    assert seen["forward"] and all(seen["forward"])
+    assert seen["backward"] and not any(seen["backward"])

@@ -7,6 +7,12 @@ layer, against about 0.2 ms for the layer's matrix product). Here every 64-bit d
 same generator gives four 16-bit uniform integers, and an entry is kept when its integer is at
 or above a threshold: a quarter of the generator calls and no float conversion.
 
+With a C compiler on the machine, float32 inputs go through ``_dropout_kernel.c`` instead
+(compiled on first use, see :mod:`cellvi.utils.native`): one pass writes the output and the
+scaled mask, with the 16-bit integers taken from a counter-based generator (splitmix64) whose
+seed is one draw from torch's generator, which took a 256 x 256 layer's mask and product from
+about 90 to 15 microseconds (2 threads).
+
 The drop probability is therefore rounded to a multiple of ``2**-16`` (``p=0.1`` becomes
 ``0.100006``) and the kept entries are scaled by ``1 / (1 - p_rounded)``, so the expected
 output still equals the input. The draws come from torch's default CPU generator, so
@@ -16,13 +22,55 @@ dropout is already fast and is used unchanged.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._settings import settings
+from ..utils.native import load_kernel
+
 _LEVELS = 1 << 16  # values of a 16-bit integer
 _INT16_MIN = -(1 << 15)
 _INT64_MIN = -(1 << 63)
+
+
+_SOURCE = Path(__file__).with_name("_dropout_kernel.c")
+
+
+@functools.cache
+def _kernel():
+    lib = load_kernel(_SOURCE)
+    if lib is None:
+        return None
+    fn = lib.cellvi_dropout
+    fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int]  # fmt: skip
+    fn.restype = None
+    return fn
+
+
+class _NativeDropout(torch.autograd.Function):
+    """``x * mask`` with the scaled mask drawn and applied by the C kernel."""
+
+    @staticmethod
+    def forward(ctx, x, threshold: int, scale: float):
+        x = x.contiguous()
+        out, mask = torch.empty_like(x), torch.empty_like(x)
+        seed = int(torch.empty((), dtype=torch.int64).random_())  # torch's default generator
+        if x.numel():
+            _kernel()(x.numel(), x.data_ptr(), out.data_ptr(), mask.data_ptr(), seed,
+                      threshold - _INT16_MIN, scale, torch.get_num_threads())  # fmt: skip
+        ctx.save_for_backward(mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
 
 
 def _keep_mask(shape: torch.Size, threshold: int, dtype: torch.dtype) -> torch.Tensor:
@@ -60,4 +108,6 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
+        if x.dtype == torch.float32 and settings.native_kernels and _kernel() is not None:
+            return _NativeDropout.apply(x, self._threshold, self._scale)
         return x * (_keep_mask(x.shape, self._threshold, x.dtype) * self._scale)

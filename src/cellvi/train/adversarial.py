@@ -83,7 +83,7 @@ class AdversarialTrainingPlan(TrainingPlan):
         if kappa > 0:
             loss = loss + kappa * fool_loss(self.classifier(terms.z), batch["batch"]).mean()
         vae_opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self._backward(loss)
         if self.gradient_clip_val:
             self.clip_gradients(
                 vae_opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
@@ -93,7 +93,7 @@ class AdversarialTrainingPlan(TrainingPlan):
             logits = self.classifier(terms.z.detach())
             cls_loss = kappa * F.cross_entropy(logits, batch["batch"])
             cls_opt.zero_grad(set_to_none=True)
-            self.manual_backward(cls_loss)
+            self._backward(cls_loss)
             cls_opt.step()
         self._accumulate("train", terms)
 
