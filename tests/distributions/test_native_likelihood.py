@@ -133,11 +133,17 @@ def test_missing_compiler_falls_back_with_a_logged_reason(monkeypatch, tmp_path,
     assert out.grad_fn.name().startswith(_NegBinomialLogLik.__name__)
 
 
-def test_compile_errors_are_reported(monkeypatch, tmp_path, caplog):
-    compiler = build.find_compiler()
-    if compiler is None:
+@pytest.fixture
+def compiler(monkeypatch, tmp_path):
+    """The C compiler, with kernels cached under ``tmp_path``; skips when there is none."""
+    found = build.find_compiler()
+    if found is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setenv("CELLVI_CACHE_DIR", str(tmp_path))
+    return found
+
+
+def test_compile_errors_are_reported(compiler, tmp_path, caplog):
     source = tmp_path / "broken.c"
     source.write_text("int f(void) { return }\n")
     with caplog.at_level(logging.INFO, logger="cellvi"):
@@ -146,11 +152,7 @@ def test_compile_errors_are_reported(monkeypatch, tmp_path, caplog):
     assert not [p for p in (tmp_path / "kernels").iterdir() if p.suffix == ".so"]
 
 
-def test_kernels_are_compiled_once_and_keyed_by_their_source(monkeypatch, tmp_path):
-    compiler = build.find_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler on this machine")
-    monkeypatch.setenv("CELLVI_CACHE_DIR", str(tmp_path))
+def test_kernels_are_compiled_once_and_keyed_by_their_source(compiler, tmp_path):
     source = tmp_path / "k.c"
     source.write_text("int answer(void) { return 41; }\n")
     flags = build.FLAG_SETS[-1]

@@ -15,28 +15,23 @@ compiler) uses the torch version.
 from __future__ import annotations
 
 import ctypes
-import functools
 from pathlib import Path
 
 import torch
 
 from .._settings import settings
-from ..utils.native import load_kernel
+from ..utils.native import kernel_function
 
 _SOURCE = Path(__file__).with_name("_nb_kernel.c")
 _P = ctypes.c_void_p
 
 
-@functools.cache
+_ARGTYPES = (ctypes.c_int64, ctypes.c_int64, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P, _P, _P,
+             _P, _P, _P, _P, _P, ctypes.c_int)  # fmt: skip
+
+
 def _kernel():
-    lib = load_kernel(_SOURCE)
-    if lib is None:
-        return None
-    fn = lib.cellvi_nb_loglik
-    fn.argtypes = [ctypes.c_int64, ctypes.c_int64, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P,
-                   _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]  # fmt: skip
-    fn.restype = ctypes.c_int
-    return fn
+    return kernel_function(_SOURCE, "cellvi_nb_loglik", _ARGTYPES, ctypes.c_int)
 
 
 def available() -> bool:

@@ -23,7 +23,6 @@ dropout is already fast and is used unchanged.
 from __future__ import annotations
 
 import ctypes
-import functools
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._settings import settings
-from ..utils.native import load_kernel
+from ..utils.native import kernel_function
 
 _LEVELS = 1 << 16  # values of a 16-bit integer
 _INT16_MIN = -(1 << 15)
@@ -41,16 +40,12 @@ _INT64_MIN = -(1 << 63)
 _SOURCE = Path(__file__).with_name("_dropout_kernel.c")
 
 
-@functools.cache
+_ARGTYPES = (ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
+             ctypes.c_uint32, ctypes.c_float, ctypes.c_int)  # fmt: skip
+
+
 def _kernel():
-    lib = load_kernel(_SOURCE)
-    if lib is None:
-        return None
-    fn = lib.cellvi_dropout
-    fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int]  # fmt: skip
-    fn.restype = None
-    return fn
+    return kernel_function(_SOURCE, "cellvi_dropout", _ARGTYPES)
 
 
 class _NativeDropout(torch.autograd.Function):

@@ -149,6 +149,18 @@ def load_kernel(source: Path) -> ctypes.CDLL | None:
     return None
 
 
+@functools.cache
+def kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
+    """The C function ``name`` of the kernel ``source`` with its ctypes signature, or ``None``
+    when the kernel cannot be built here (see :func:`load_kernel`)."""
+    lib = load_kernel(source)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = list(argtypes), restype
+    return fn
+
+
 def _unavailable(source: Path, reason: str) -> None:
     logger.info(
         "cellvi: the C kernel %s could not be built (%s); using the torch implementation, "
