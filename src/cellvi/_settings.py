@@ -28,9 +28,10 @@ class CellviSettings:
         GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Training
         uses the ``accelerator`` argument of the training functions instead.
     native_kernels
-        Whether the count likelihoods may use cellvi's compiled C kernel on the CPU (built on
-        first use with the system C compiler; see :mod:`cellvi.utils.native`). It gives the
-        same results as the torch implementation, about three times faster. Default: ``True``,
+        Whether cellvi may use its compiled C kernels on the CPU, for the NB / ZINB likelihood
+        and for dropout (built on first use with the system C compiler; see
+        :mod:`cellvi.utils.native`). They compute what the torch implementations compute, the
+        likelihood about three times faster and dropout about six times. Default: ``True``,
         unless the environment variable ``CELLVI_NATIVE_KERNELS`` is ``0``.
     """
 

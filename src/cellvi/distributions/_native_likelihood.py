@@ -8,7 +8,7 @@ over the ``cells x genes`` matrix per step) and computes the derivatives in the 
 the backward step only scales them by the upstream gradient.
 
 Used for float32 CPU tensors when :attr:`cellvi.settings.native_kernels` is on and the kernel
-could be built (:func:`cellvi.utils.native.load_kernel`); everything else (CUDA, float64, no
+could be built (:func:`cellvi.utils.native.enabled_kernel_function`); everything else (CUDA, float64, no
 compiler) uses the torch version.
 """
 
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .._settings import settings
-from ..utils.native import kernel_function
+from ..utils.native import enabled_kernel_function
 
 _SOURCE = Path(__file__).with_name("_nb_kernel.c")
 _P = ctypes.c_void_p
@@ -31,12 +30,12 @@ _ARGTYPES = (ctypes.c_int64, ctypes.c_int64, _P, _P, _P, ctypes.c_int, _P, _P, _
 
 
 def _kernel():
-    return kernel_function(_SOURCE, "cellvi_nb_loglik", _ARGTYPES, ctypes.c_int)
+    return enabled_kernel_function(_SOURCE, "cellvi_nb_loglik", _ARGTYPES, ctypes.c_int)
 
 
 def available() -> bool:
     """Whether the compiled kernel can be used in this process (builds it on first call)."""
-    return bool(settings.native_kernels) and _kernel() is not None
+    return _kernel() is not None
 
 
 def usable(*tensors: torch.Tensor | None) -> bool:

@@ -7,17 +7,17 @@ layer, against about 0.2 ms for the layer's matrix product). Here every 64-bit d
 same generator gives four 16-bit uniform integers, and an entry is kept when its integer is at
 or above a threshold: a quarter of the generator calls and no float conversion.
 
-With a C compiler on the machine, float32 inputs go through ``_dropout_kernel.c`` instead
-(compiled on first use, see :mod:`cellvi.utils.native`): one pass writes the output and the
-scaled mask, with the 16-bit integers taken from a counter-based generator (splitmix64) whose
-seed is one draw from torch's generator, which took a 256 x 256 layer's mask and product from
-about 90 to 15 microseconds (2 threads).
-
 The drop probability is therefore rounded to a multiple of ``2**-16`` (``p=0.1`` becomes
 ``0.100006``) and the kept entries are scaled by ``1 / (1 - p_rounded)``, so the expected
 output still equals the input. The draws come from torch's default CPU generator, so
 :func:`torch.manual_seed` makes them reproducible. On other devices (CUDA) torch's own fused
 dropout is already fast and is used unchanged.
+
+With a C compiler on the machine, float32 inputs go through ``_dropout_kernel.c`` instead
+(compiled on first use, see :mod:`cellvi.utils.native`): one pass writes the output and the
+scaled mask, with the 16-bit integers taken from a counter-based generator (splitmix64) whose
+seed is one draw from torch's generator, which took a 256 x 256 layer's mask and product from
+about 90 to 15 microseconds (2 threads).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._settings import settings
-from ..utils.native import kernel_function
+from ..utils.native import enabled_kernel_function
 
 _LEVELS = 1 << 16  # values of a 16-bit integer
 _INT16_MIN = -(1 << 15)
@@ -45,7 +44,7 @@ _ARGTYPES = (ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, 
 
 
 def _kernel():
-    return kernel_function(_SOURCE, "cellvi_dropout", _ARGTYPES)
+    return enabled_kernel_function(_SOURCE, "cellvi_dropout", _ARGTYPES)
 
 
 class _NativeDropout(torch.autograd.Function):
@@ -103,6 +102,6 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
-        if x.dtype == torch.float32 and settings.native_kernels and _kernel() is not None:
+        if x.dtype == torch.float32 and _kernel() is not None:
             return _NativeDropout.apply(x, self._threshold, self._scale)
         return x * (_keep_mask(x.shape, self._threshold, x.dtype) * self._scale)

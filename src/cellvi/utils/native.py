@@ -74,6 +74,7 @@ def find_compiler() -> str | None:
     return None
 
 
+@functools.cache
 def _cpu_signature() -> str:
     """What the compiled code may depend on in this CPU (its instruction-set flags)."""
     try:
@@ -86,6 +87,7 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
+@functools.cache
 def _compiler_identity(compiler: str) -> str:
     try:
         done = subprocess.run(
@@ -159,6 +161,16 @@ def kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
     fn = getattr(lib, name)
     fn.argtypes, fn.restype = list(argtypes), restype
     return fn
+
+
+def enabled_kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
+    """:func:`kernel_function`, or ``None`` while :attr:`cellvi.settings.native_kernels` is off:
+    the one switch every kernel's caller goes through."""
+    from .._settings import settings
+
+    if not settings.native_kernels:
+        return None
+    return kernel_function(source, name, argtypes, restype)
 
 
 def _unavailable(source: Path, reason: str) -> None:
