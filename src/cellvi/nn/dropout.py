@@ -94,6 +94,16 @@ class Dropout(nn.Module):
         self._threshold = _INT16_MIN + dropped
         self._scale = _LEVELS / (_LEVELS - dropped)
 
+    @property
+    def keep_threshold(self) -> int:
+        """An entry is kept when its 16-bit uniform integer (``0 .. 65535``) is at least this."""
+        return self._threshold - _INT16_MIN
+
+    @property
+    def scale(self) -> float:
+        """The factor of the kept entries, ``1 / (1 - p_rounded)``."""
+        return self._scale
+
     def extra_repr(self) -> str:
         return f"p={self.p}"
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import fused_hidden
 from .dropout import Dropout
 
 BATCH_REPRESENTATIONS = ("one-hot", "embedding")
@@ -59,9 +60,19 @@ class CovariateInjection(nn.Module):
         for emb, n, codes in zip(self.categorical, self.n_cats, cats, strict=True):
             if n > 1:
                 h = h + emb(codes)
+        return self.add_continuous(h, cont)
+
+    def add_continuous(self, h: torch.Tensor, cont: torch.Tensor | None) -> torch.Tensor:
+        """``h`` plus the continuous covariates' contribution (``h`` when there is none)."""
         if self.continuous is not None and cont is not None:
             h = h + self.continuous(cont)
         return h
+
+    def tables(self, cats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The embedding weights of the informative categorical covariates and their codes."""
+        pairs = zip(self.categorical, self.n_cats, cats, strict=True)
+        used = [(emb.weight, codes) for emb, n, codes in pairs if n > 1]
+        return [w for w, _ in used], [c for _, c in used]
 
 
 class MLP(nn.Module):
@@ -123,6 +134,13 @@ class MLP(nn.Module):
         h = x
         for linear, inject, norm in zip(self.linears, self.injections, self.norms, strict=True):
             h = linear(h)
+            if fused_hidden.applies(h, norm, self.dropout):
+                tables, codes = [], []
+                if isinstance(inject, CovariateInjection):
+                    tables, codes = inject.tables(cats)
+                    h = inject.add_continuous(h, cont)
+                h = fused_hidden.hidden_step(h, tables, codes, norm, self.dropout)
+                continue
             if isinstance(inject, CovariateInjection):
                 h = inject(h, cats, cont)
             h = self.dropout(torch.relu(norm(h)))
