@@ -2,15 +2,18 @@
 
 Each protein count ``y`` is drawn from a background negative binomial with mean ``exp(b)`` or a
 foreground one with mean ``exp(f)`` (``f > b``), both with inverse dispersion ``theta``; the
-background is picked with probability ``sigmoid(rho)``. Proteins are few, so the matrix is
-small and plain torch ops (autograd) are fast enough; written in log space throughout so that
-well separated components and large ``|rho|`` stay finite.
+background is picked with probability ``sigmoid(rho)``. Written in log space throughout so that
+well separated components and large ``|rho|`` stay finite. The matrix is small, but its
+twenty-odd torch operations and their backward cost about a third of a millisecond per
+training step; on a CPU the compiled kernel in ``_nb_kernel.c`` scores it in one pass.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import _native_likelihood as native
 
 
 def nb_log_prob_from_log_mean(
@@ -57,7 +60,24 @@ def nb_mixture_log_likelihood(
     background_logits: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-cell sum of :func:`nb_mixture_log_prob` over the proteins where ``mask`` is 1."""
+    """Per-cell sum of :func:`nb_mixture_log_prob` over the proteins where ``mask`` is 1.
+
+    Float32 CPU tensors go through the compiled kernel (:mod:`._native_likelihood`: the same
+    values and gradients, computed in float64 in one pass) when it is available.
+    """
+    shape = log_mu_background.shape
+    if (
+        log_mu_background.dim() == 2
+        and all(t.shape == shape for t in (y, log_mu_foreground, background_logits))
+        and theta.shape in (shape, shape[-1:])
+        and (mask is None or mask.shape == shape)
+        and native.mixture_usable(
+            y, log_mu_background, log_mu_foreground, theta, background_logits, mask
+        )
+    ):
+        return native.nb_mixture_log_likelihood_native(
+            y, log_mu_background, log_mu_foreground, theta, background_logits, mask
+        )
     lp = nb_mixture_log_prob(y, log_mu_background, log_mu_foreground, theta, background_logits)
     if mask is not None:
         lp = lp * mask

@@ -7,6 +7,9 @@ kernel makes one pass over each cell (the torch version makes about twenty-five 
 over the ``cells x genes`` matrix per step) and computes the derivatives in the same pass, so
 the backward step only scales them by the upstream gradient.
 
+The same file scores totalVI's protein mixture (:func:`nb_mixture_log_likelihood_native`,
+the values and gradients of :mod:`._mixture_likelihood`) in float64 in one pass.
+
 Used for float32 CPU tensors when :attr:`cellvi.settings.native_kernels` is on and the kernel
 could be built (:func:`cellvi.utils.native.enabled_kernel_function`); everything else (CUDA, float64, no
 compiler) uses the torch version.
@@ -119,3 +122,72 @@ def nb_log_likelihood_native(logits, log_library, theta, rho, rows, cols, x_nz, 
     return _NativeNegBinomialLogLik.apply(
         logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial
     )
+
+
+_MIXTURE_ARGTYPES = (ctypes.c_int64, ctypes.c_int64, _P, _P, _P, _P, ctypes.c_int, _P, _P, _P,
+                     _P, _P, _P, _P, ctypes.c_int)  # fmt: skip
+#: entries below which one thread scores the whole matrix (waking threads costs more)
+_SERIAL_ENTRIES = 1 << 14
+
+
+def _mixture_kernel():
+    return enabled_kernel_function(
+        _SOURCE, "cellvi_nb_mixture_loglik", _MIXTURE_ARGTYPES, ctypes.c_int
+    )
+
+
+class _NativeMixtureLogLik(torch.autograd.Function):
+    """totalVI's per-cell protein mixture log-likelihood and its derivatives, from the C kernel."""
+
+    @staticmethod
+    def forward(ctx, y, log_back, log_fore, theta, rho, mask):
+        n, p = log_back.shape
+        per_entry = theta.dim() == 2
+        inputs = (log_back, log_fore, theta, rho)
+        grad = any(t.requires_grad for t in inputs)
+        y, log_back, log_fore, theta, rho = (t.contiguous() for t in (y, *inputs))
+        mask = mask.contiguous() if mask is not None else None
+        out = torch.empty(n)
+        derivs = [torch.empty(n, p) for _ in range(4)] if grad else [None] * 4
+        status = _mixture_kernel()(
+            n, p, _ptr(y), _ptr(log_back), _ptr(log_fore), _ptr(theta), int(per_entry),
+            _ptr(rho), _ptr(mask), _ptr(out), *(_ptr(d) for d in derivs),
+            1 if n * p < _SERIAL_ENTRIES else torch.get_num_threads(),
+        )  # fmt: skip
+        if status:
+            raise MemoryError("The NB mixture kernel could not allocate its scratch memory.")
+        ctx.per_protein = not per_entry
+        if grad:
+            ctx.save_for_backward(*derivs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        d_back, d_fore, d_theta, d_rho = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        needs = ctx.needs_input_grad
+        g_theta = None
+        if needs[3]:
+            g_theta = grad @ d_theta if ctx.per_protein else d_theta * g
+        return (
+            None,
+            d_back * g if needs[1] else None,
+            d_fore * g if needs[2] else None,
+            g_theta,
+            d_rho * g if needs[4] else None,
+            None,
+        )
+
+
+def mixture_usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the mixture kernel applies: float32 CPU inputs, kernel available."""
+    for t in tensors:
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+            return False
+    return _mixture_kernel() is not None
+
+
+def nb_mixture_log_likelihood_native(y, log_back, log_fore, theta, rho, mask=None):
+    """Per-cell protein mixture log-likelihood through the kernel (``theta`` per protein,
+    ``(n_proteins,)``, or per entry, ``(n_cells, n_proteins)``)."""
+    return _NativeMixtureLogLik.apply(y, log_back, log_fore, theta, rho, mask)

@@ -274,3 +274,128 @@ done:
     free(dg_theta);
     return status;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * totalVI's protein likelihood: a two-component NB mixture per entry, scored from the log means
+ * (cellvi/distributions/_mixture_likelihood.py has the torch version):
+ *
+ *   L_c  = log(theta + exp(m_c)),  c = background (m_b), foreground (m_f)
+ *   lp_c = lgamma(y + theta) - lgamma(theta) - lgamma(y + 1) + theta (log theta - L_c)
+ *          + y (m_c - L_c)
+ *   lp   = logaddexp(lp_b - softplus(-rho), lp_f - softplus(rho))     (rho: background logit)
+ *
+ * out[i] = sum_j mask[i, j] lp[i, j]. When d_back is not NULL the partial derivatives of
+ * mask * lp are written per entry: d_back, d_fore (log means), d_theta, d_rho. Everything is
+ * computed in float64; a row is handled by one thread, so results do not depend on the number
+ * of threads. NaN propagates.
+ * ------------------------------------------------------------------------------------------- */
+/* log(theta + exp(m)) without overflow */
+static inline double log_theta_plus_exp(double log_theta, double m) {
+    const double hi = log_theta > m ? log_theta : m, d = log_theta - m;
+    return hi + log1p(exp(-(d < 0 ? -d : d)));
+}
+
+/* One entry of the mixture: adds mask * lp to *total and, when d_back is not NULL, writes the
+ * derivatives at index k. log_theta, lgamma(theta) and digamma(theta) come precomputed. */
+static inline double mixture_entry(double yy, double th, double log_th, double lg_th,
+                                   double dg_th, double mb, double mf, double rh, double w_mask,
+                                   int64_t k, float *restrict d_back, float *restrict d_fore,
+                                   float *restrict d_theta, float *restrict d_rho) {
+    const double lb = log_theta_plus_exp(log_th, mb), lf = log_theta_plus_exp(log_th, mf);
+    const double common = lgamma_positive(yy + th) - lg_th - lgamma_positive(yy + 1.0);
+    const double lp_b = common + th * (log_th - lb) + yy * (mb - lb);
+    const double lp_f = common + th * (log_th - lf) + yy * (mf - lf);
+    /* softplus(rho) and softplus(-rho) = softplus(rho) - rho share exp(-|rho|) */
+    const double e = exp(-(rh < 0 ? -rh : rh));
+    const double sp_pos = (rh > 0 ? rh : 0.0) + log1p(e), sp_neg = sp_pos - rh;
+    const double a_b = lp_b - sp_neg, a_f = lp_f - sp_pos;
+    const double hi = a_b > a_f ? a_b : a_f, gap = a_b - a_f;
+    const double e_gap = exp(-(gap < 0 ? -gap : gap));
+    const double lp = hi + log1p(e_gap);
+    if (d_back) {
+        /* responsibility of the background: sigmoid(a_b - a_f) */
+        const double w_b = gap >= 0 ? 1.0 / (1.0 + e_gap) : e_gap / (1.0 + e_gap), w_f = 1.0 - w_b;
+        const double mu_b = exp(mb - lb), mu_f = exp(mf - lf); /* mu / (theta + mu) */
+        const double shared = digamma_positive(yy + th) - dg_th + log_th + 1.0;
+        /* (theta + y) / (theta + mu) = (theta + y) (1 - mu / (theta + mu)) / theta */
+        const double ty = (th + yy) / th;
+        const double dth_b = shared - lb - ty * (1.0 - mu_b);
+        const double dth_f = shared - lf - ty * (1.0 - mu_f);
+        const double sig_rho = rh > 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+        d_back[k] = (float)(w_mask * w_b * (yy - (th + yy) * mu_b));
+        d_fore[k] = (float)(w_mask * w_f * (yy - (th + yy) * mu_f));
+        d_theta[k] = (float)(w_mask * (w_b * dth_b + w_f * dth_f));
+        d_rho[k] = (float)(w_mask * (w_b - sig_rho));
+    }
+    return w_mask * lp;
+}
+
+/* Returns 0, or 2 when scratch memory could not be allocated.
+ *
+ * The entries are scored in one flat loop over the n x p matrix (a loop over the few proteins
+ * of one cell would be too short to vectorise), then summed per cell. */
+int cellvi_nb_mixture_loglik(int64_t n, int64_t p, const float *restrict y,
+                             const float *restrict log_back, const float *restrict log_fore,
+                             const float *restrict theta, int per_entry,
+                             const float *restrict rho, const float *restrict mask,
+                             float *restrict out, float *restrict d_back,
+                             float *restrict d_fore, float *restrict d_theta,
+                             float *restrict d_rho, int n_threads) {
+    const int64_t m = n * p;
+    /* per entry: mask * lp, and theta, log theta, lgamma(theta), digamma(theta) */
+    double *scratch = malloc(5 * (size_t)m * sizeof(double) + 8);
+    double *pre = per_entry ? NULL : malloc(3 * (size_t)p * sizeof(double) + 8);
+    if (!scratch || (!per_entry && !pre)) {
+        free(scratch);
+        free(pre);
+        return 2;
+    }
+    double *lp = scratch, *log_th = scratch + m, *lg_th = scratch + 2 * m, *dg_th = scratch + 3 * m;
+    double *th_e = scratch + 4 * m;
+    if (n_threads < 1) n_threads = 1;
+    if (pre) { /* per protein, computed once and repeated for every cell */
+        for (int64_t j = 0; j < p; j++) {
+            pre[j] = log((double)theta[j]);
+            pre[p + j] = lgamma_positive(theta[j]);
+            pre[2 * p + j] = digamma_positive(theta[j]);
+        }
+    }
+#pragma omp parallel num_threads(n_threads)
+    {
+        if (pre) {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i++) {
+                for (int64_t j = 0; j < p; j++) {
+                    th_e[i * p + j] = theta[j];
+                    log_th[i * p + j] = pre[j];
+                    lg_th[i * p + j] = pre[p + j];
+                    dg_th[i * p + j] = pre[2 * p + j];
+                }
+            }
+        } else {
+#pragma omp for simd schedule(static)
+            for (int64_t k = 0; k < m; k++) {
+                const double th = theta[k];
+                th_e[k] = th;
+                log_th[k] = log(th);
+                lg_th[k] = lgamma_positive(th);
+                dg_th[k] = d_back ? digamma_positive(th) : 0.0;
+            }
+        }
+#pragma omp for simd schedule(static)
+        for (int64_t k = 0; k < m; k++) {
+            lp[k] = mixture_entry(y[k], th_e[k], log_th[k], lg_th[k], dg_th[k], log_back[k],
+                                  log_fore[k], rho[k], mask ? mask[k] : 1.0, k, d_back, d_fore,
+                                  d_theta, d_rho);
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            double total = 0.0;
+            for (int64_t j = 0; j < p; j++) total += lp[i * p + j];
+            out[i] = (float)total;
+        }
+    }
+    free(scratch);
+    free(pre);
+    return 0;
+}
