@@ -68,15 +68,20 @@ def test_masked_entries_contribute_nothing():
     assert (full.reconstruction_protein[in_b1] > 0).all()
 
 
-def test_elbo_terms_add_up_and_kl_weight_only_scales_z():
+def test_elbo_terms_add_up_and_kl_weight_scales_all_but_the_rna_likelihood():
     module, mb = _module_and_batch()
     module.eval()
-    torch.manual_seed(3)
-    t1 = module(mb, kl_weight=1.0)
-    torch.manual_seed(3)
-    t0 = module(mb, kl_weight=0.0)
+    losses = {}
+    for w in (1.0, 0.25, 0.0):
+        torch.manual_seed(3)
+        losses[w] = module(mb, kl_weight=w)
+    t1 = losses[1.0]
     torch.testing.assert_close(t1.reconstruction, t1.reconstruction_rna + t1.reconstruction_protein)
-    torch.testing.assert_close(t1.loss - t0.loss, t1.kl_z.mean())
+    full = (t1.reconstruction + t1.kl_z + t1.kl_library).mean()
+    torch.testing.assert_close(t1.loss, full)  # at weight 1: the full negative ELBO
+    torch.testing.assert_close(losses[0.0].loss, t1.reconstruction_rna.mean())
+    warm = (t1.reconstruction_protein + t1.kl_z + t1.kl_library).mean()
+    torch.testing.assert_close(losses[0.25].loss, t1.reconstruction_rna.mean() + 0.25 * warm)
 
 
 def test_empirical_prior_finds_the_lower_component():
