@@ -178,6 +178,11 @@ def test_nan_propagates():
     assert not torch.isnan(out[:, 5]).any()
 
 
+def test_one_cell_is_refused_like_batchnorm_does():
+    with pytest.raises(ValueError, match="more than one cell"):
+        fused_hidden.hidden_step(torch.randn(1, 8), [], [], _norm(8), Dropout(0.1))
+
+
 def test_code_outside_its_table_is_an_error_and_changes_nothing():
     norm = _norm(8)
     before = copy.deepcopy(norm.state_dict())

@@ -177,6 +177,8 @@ def hidden_step(
     """
     h = h.float()
     n, d = h.shape
+    if n < 2:
+        raise ValueError(f"Batch normalisation in training mode needs more than one cell, got {n}.")
     if len(tables) == 1:
         table, code = tables[0], codes[0].long().view(n, 1)
     elif tables:
