@@ -163,12 +163,17 @@ def kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
     return fn
 
 
-def enabled_kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
-    """:func:`kernel_function`, or ``None`` while :attr:`cellvi.settings.native_kernels` is off:
-    the one switch every kernel's caller goes through."""
+@functools.cache
+def _settings():
     from .._settings import settings
 
-    if not settings.native_kernels:
+    return settings
+
+
+def enabled_kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
+    """:func:`kernel_function`, or ``None`` while :attr:`cellvi.settings.native_kernels` is off:
+    the one switch every kernel's caller goes through (called at every use, so kept cheap)."""
+    if not _settings().native_kernels:
         return None
     return kernel_function(source, name, argtypes, restype)
 
