@@ -46,6 +46,44 @@ def test_gather_matches_rows(counts, fmt):
         torch.testing.assert_close(mb["nz_cols"], nz[1])
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def gather_implementation(request, monkeypatch):
+    import cellvi as cv
+    from cellvi.data import loader
+
+    if request.param == "compiled" and loader._gather_kernels(torch.int32) is None:
+        pytest.skip("the C gather kernel could not be built here (no C compiler?)")
+    monkeypatch.setattr(cv.settings, "_native_kernels", request.param == "compiled")
+    return request.param
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_sparse_gather_gives_coordinates_values_and_totals(
+    counts, index_dtype, gather_implementation
+):
+    X = sp.csr_matrix(counts)
+    X.indices, X.indptr = X.indices.astype(index_dtype), X.indptr.astype(index_dtype)
+    data = TensorData.from_registered(_registered(X))
+    rows = torch.tensor([7, 3, 0, 49, 3, 7])  # unsorted, repeated, an empty row
+    mb = data.gather(rows, dense_x=False)
+    dense = torch.from_numpy(counts[rows.numpy()])
+    nz = torch.nonzero(dense, as_tuple=True)
+    assert mb["nz_rows"].dtype == mb["nz_cols"].dtype == torch.int64
+    torch.testing.assert_close(mb["nz_rows"], nz[0])
+    torch.testing.assert_close(mb["nz_cols"], nz[1])
+    torch.testing.assert_close(mb["nz_values"], dense[nz])
+    torch.testing.assert_close(mb["nz_totals"], dense.sum(1))
+    assert "x" not in mb
+    empty = data.gather(torch.tensor([3]), dense_x=False)
+    assert empty["nz_values"].numel() == 0 and empty["nz_totals"].tolist() == [0.0]
+
+
+def test_sparse_gather_refuses_cells_outside_the_data(counts, gather_implementation):
+    data = TensorData.from_registered(_registered(sp.csr_matrix(counts)))
+    with pytest.raises(IndexError):
+        data.gather(torch.tensor([0, 50]), dense_x=False)
+
+
 def test_csr_is_shared_not_copied(counts):
     X = sp.csr_matrix(counts)
     data = TensorData.from_registered(_registered(X))

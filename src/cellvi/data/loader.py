@@ -4,14 +4,18 @@ The count matrix is wrapped, without a copy where possible, as torch tensors: CS
 (``indptr``, ``indices``, ``data``) and a minibatch is gathered with a handful of vectorised
 tensor operations, so there is no per-batch scipy slicing, no Python loop over cells and no
 DataLoader worker process. Each sparse minibatch also carries the coordinates of its non-zero
-entries, which the likelihood uses to skip work on zero counts.
+entries, which the likelihood uses to skip work on zero counts, and each cell's total count
+(``nz_totals``). On the CPU, with a C compiler, ``_gather_kernel.c`` gathers the rows in one
+pass instead of a dozen torch operations.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,10 +23,28 @@ import torch
 
 from ..utils._memory import release_free_memory
 from ..utils.distributed import world_and_rank
+from ..utils.native import enabled_kernel_function
 
 MIN_BATCH_CELLS = 3  # BatchNorm needs more than one cell; a tiny last batch joins the previous one
 # log(x!) is summed over pieces of this many entries, so that its float64 temporaries stay small
 _LGAMMA_CHUNK = 2**20
+
+_GATHER_SOURCE = Path(__file__).with_name("_gather_kernel.c")
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+_COUNT_ARGS = (_I64, _P, _I64, _P, _P)
+_FILL_ARGS = (_I64, _P, _P, _P, _P, _P, _P, _P, _P, _P)
+_FILL_NAMES = {torch.int32: "cellvi_csr_fill_i32", torch.int64: "cellvi_csr_fill_i64"}
+
+
+def _gather_kernels(indices_dtype: torch.dtype):
+    """The count and fill functions of the gather kernel, or ``None`` (no compiler, switched
+    off, or column indices of another type)."""
+    name = _FILL_NAMES.get(indices_dtype)
+    if name is None:
+        return None
+    count = enabled_kernel_function(_GATHER_SOURCE, "cellvi_csr_count", _COUNT_ARGS, _I64)
+    fill = enabled_kernel_function(_GATHER_SOURCE, name, _FILL_ARGS)
+    return None if count is None or fill is None else (count, fill)
 
 
 @dataclass
@@ -81,7 +103,9 @@ class TensorData:
         # pickled as numpy arrays (e.g. for spawned training processes): torch would move every
         # tensor to shared memory first, which fails for empty ones (no covariates)
         return {
-            k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+            k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+            for k, v in vars(self).items()
+            if not k.startswith("_")  # caches
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -126,6 +150,42 @@ class TensorData:
         if self.dense is not None:
             out["x"] = self.dense.index_select(0, rows)
             return out
+        local_rows, cols, values, totals = self._gather_nonzero(rows)
+        out.update(nz_rows=local_rows, nz_cols=cols, nz_values=values, nz_totals=totals)
+        device = self.indptr.device
+        if dense_x:
+            x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32, device=device)
+            out["x"] = x.index_copy_(0, local_rows * self.n_vars + cols, values).view(
+                len(rows), self.n_vars
+            )
+        return out
+
+    def _gather_nonzero(self, rows: torch.Tensor):
+        """Minibatch row, column, value of the non-zero entries of the cells ``rows`` (in that
+        order, columns as in the CSR) and each cell's total count."""
+        kernels = None
+        if self.indptr.device.type == "cpu" and self.values.dtype == torch.float32:
+            kernels = _gather_kernels(self.indices.dtype)
+        if kernels is not None:
+            count, fill = kernels
+            indptr = self._indptr64()
+            rows = rows.long().contiguous()
+            n = len(rows)
+            out_indptr = torch.empty(n + 1, dtype=torch.int64)
+            nnz = count(n, rows.data_ptr(), self.n_cells, indptr.data_ptr(), out_indptr.data_ptr())
+            if nnz < 0:
+                raise IndexError("A minibatch cell index is outside the data.")
+            local_rows, cols = (
+                torch.empty(nnz, dtype=torch.int64),
+                torch.empty(nnz, dtype=torch.int64),
+            )
+            values, totals = torch.empty(nnz), torch.empty(n)
+            fill(
+                n, rows.data_ptr(), indptr.data_ptr(), self.indices.data_ptr(),
+                self.values.data_ptr(), out_indptr.data_ptr(), local_rows.data_ptr(),
+                cols.data_ptr(), values.data_ptr(), totals.data_ptr(),
+            )  # fmt: skip
+            return local_rows, cols, values, totals
         starts = self.indptr.index_select(0, rows).long()
         counts = self.indptr.index_select(0, rows + 1).long() - starts
         device = self.indptr.device
@@ -136,13 +196,16 @@ class TensorData:
         pos = torch.arange(len(local_rows), device=device).add_(shift)
         cols = self.indices.index_select(0, pos).long()
         values = self.values.index_select(0, pos)
-        out.update(nz_rows=local_rows, nz_cols=cols, nz_values=values)
-        if dense_x:
-            x = torch.zeros(len(rows) * self.n_vars, dtype=torch.float32, device=device)
-            out["x"] = x.index_copy_(0, local_rows * self.n_vars + cols, values).view(
-                len(rows), self.n_vars
-            )
-        return out
+        totals = torch.zeros(len(rows), dtype=values.dtype, device=device)
+        return local_rows, cols, values, totals.index_add_(0, local_rows, values)
+
+    def _indptr64(self) -> torch.Tensor:
+        """The CSR row pointer as int64 (converted once; scipy may give int32)."""
+        source, converted = self.__dict__.get("_indptr_cache", (None, None))
+        if source is not self.indptr:
+            source, converted = self.indptr, self.indptr.long().contiguous()
+            self.__dict__["_indptr_cache"] = (source, converted)
+        return converted
 
 
 def _log_factorial_rows_sparse(indptr: np.ndarray, values: np.ndarray) -> torch.Tensor:

@@ -206,12 +206,13 @@ class SCVIModule(nn.Module):
         size_factor: torch.Tensor | None = None,
         *,
         deterministic: bool = False,
-        nz: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        nz: tuple | None = None,
     ) -> dict[str, torch.Tensor]:
         """``q(z | x)`` parameters, a latent sample (or the mean) and the log library size.
 
-        ``nz``, the non-zero counts as ``(rows, cols, values)`` when known, lets ``log1p`` and
-        the library size touch only those entries; ``x`` may then be ``None``.
+        ``nz``, the non-zero counts as ``(rows, cols, values)`` (optionally with the per-cell
+        ``totals`` fourth) when known, lets ``log1p`` and the library size touch only those
+        entries; ``x`` may then be ``None``.
         """
         x_in, total = _log1p_and_totals(x, nz, batch.shape[0], self.n_input)
         cats, cont = self._covariates(batch, cat_covs, cont_covs)
@@ -271,7 +272,7 @@ class SCVIModule(nn.Module):
     # -- loss ---------------------------------------------------------------------------------
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossTerms:
         """Negative ELBO of a minibatch, with the KL of ``z`` scaled by ``kl_weight``."""
-        nz = (mb["nz_rows"], mb["nz_cols"], mb["nz_values"]) if "nz_rows" in mb else None
+        nz = _nonzeros(mb)
         inf = self.inference(
             mb.get("x"),
             mb["batch"],
@@ -330,6 +331,24 @@ def count_log_likelihood(gene_likelihood: str, x, gen: dict, mb: dict) -> torch.
     return poisson_log_likelihood(x, logits, log_lib, **extra)
 
 
+def _nonzeros(mb: dict) -> tuple | None:
+    """``(rows, cols, values, totals)`` of a sparse minibatch's non-zero counts (``totals``, the
+    per-cell sums, ``None`` when the loader did not give them), or ``None`` for dense data."""
+    if "nz_rows" not in mb:
+        return None
+    return mb["nz_rows"], mb["nz_cols"], mb["nz_values"], mb.get("nz_totals")
+
+
+def _nonzero_totals(nz, n_cells: int) -> torch.Tensor:
+    """Per-cell total counts from ``nz`` (given by the loader, or summed here)."""
+    rows, _, values = nz[:3]
+    if len(nz) > 3 and nz[3] is not None:
+        return nz[3]
+    return torch.zeros(n_cells, dtype=values.dtype, device=values.device).index_add_(
+        0, rows, values
+    )
+
+
 def _log1p_and_totals(x, nz, n_cells: int, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``log1p(x)`` and the per-cell totals, from the non-zero entries alone when known.
 
@@ -338,7 +357,7 @@ def _log1p_and_totals(x, nz, n_cells: int, n_genes: int) -> tuple[torch.Tensor, 
     """
     if nz is None:
         return torch.log1p(x), x.sum(-1)
-    rows, cols, values = nz
+    rows, cols, values = nz[:3]
     device = values.device
     dtype = values.dtype
     if torch.is_autocast_enabled(device.type):
@@ -346,8 +365,7 @@ def _log1p_and_totals(x, nz, n_cells: int, n_genes: int) -> tuple[torch.Tensor, 
     flat = rows * n_genes + cols
     x_in = torch.zeros(n_cells * n_genes, dtype=dtype, device=device)
     x_in.index_copy_(0, flat, torch.log1p(values).to(dtype))
-    totals = torch.zeros(n_cells, dtype=values.dtype, device=device).index_add_(0, rows, values)
-    return x_in.view(n_cells, n_genes), totals
+    return x_in.view(n_cells, n_genes), _nonzero_totals(nz, n_cells)
 
 
 def _kl_standard_normal(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,8 @@ from .scvi import (
     _check_shape,
     _kl_normal,
     _kl_standard_normal,
+    _nonzero_totals,
+    _nonzeros,
     count_distribution,
     count_log_likelihood,
 )
@@ -198,7 +200,7 @@ class TOTALVIModule(nn.Module):
         *,
         y: torch.Tensor,
         deterministic: bool = False,
-        nz: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        nz: tuple | None = None,
     ) -> dict[str, torch.Tensor]:
         """``q(z | x, y)``, a latent sample (or the mean) and the RNA log library size."""
         x_in, total = _encoder_input(x, y, nz, self.n_genes)
@@ -285,7 +287,7 @@ class TOTALVIModule(nn.Module):
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> TotalVILossTerms:
         """Negative ELBO of a minibatch; ``kl_weight`` scales every term but the RNA
         likelihood (the KL of ``z``, the protein likelihood and the background KL)."""
-        nz = (mb["nz_rows"], mb["nz_cols"], mb["nz_values"]) if "nz_rows" in mb else None
+        nz = _nonzeros(mb)
         batch = mb["batch"]
         inf = self.inference(
             mb.get("x"), batch, mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"),
@@ -329,11 +331,11 @@ def _encoder_input(x, y, nz, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
         totals = x.sum(-1)
         x_in = torch.log1p(x / (1.0 + totals.unsqueeze(-1) / n_genes))
         return torch.cat([x_in, y_in], dim=-1), totals
-    rows, cols, values = nz
+    rows, cols, values = nz[:3]
     device, dtype = values.device, values.dtype
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
-    totals = torch.zeros(n_cells, dtype=values.dtype, device=device).index_add_(0, rows, values)
+    totals = _nonzero_totals(nz, n_cells)
     scaled = values / (1.0 + totals / n_genes).index_select(0, rows)
     x_in = torch.zeros(n_cells, n_in, dtype=dtype, device=device)
     x_in.view(-1).index_copy_(0, rows * n_in + cols, torch.log1p(scaled).to(dtype))
