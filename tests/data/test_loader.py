@@ -84,6 +84,16 @@ def test_sparse_gather_refuses_cells_outside_the_data(counts, gather_implementat
         data.gather(torch.tensor([0, 50]), dense_x=False)
 
 
+def test_compiled_gather_refuses_a_row_pointer_past_the_entries(counts, gather_implementation):
+    if gather_implementation == "torch":
+        pytest.skip("the torch gather relies on index_select's own bounds checks")
+    data = TensorData.from_registered(_registered(sp.csr_matrix(counts)))
+    data.indptr = data.indptr.clone()
+    data.indptr[-1] += 5
+    with pytest.raises(ValueError, match="malformed"):
+        data.gather(torch.tensor([49]), dense_x=False)
+
+
 def test_csr_is_shared_not_copied(counts):
     X = sp.csr_matrix(counts)
     data = TensorData.from_registered(_registered(X))

@@ -1,8 +1,9 @@
 /* Gather the rows of a CSR count matrix for one minibatch, in two calls:
  *
  *   cellvi_csr_count: the minibatch's row pointer (out_indptr, n + 1 entries) from the chosen
- *                     cells `rows`; returns the number of non-zero entries, or -1 when a cell
- *                     is out of range.
+ *                     cells `rows`; returns the number of non-zero entries, -1 when a cell is
+ *                     out of range, -2 when the CSR row pointer is not valid there (nothing
+ *                     is then read outside the arrays).
  *   cellvi_csr_fill_i32 / _i64 (the CSR column indices' type): the coordinates of every
  *                     non-zero entry (minibatch row, column) and its value, and each cell's
  *                     total count.
@@ -14,11 +15,13 @@
 #include <stdint.h>
 
 int64_t cellvi_csr_count(int64_t n, const int64_t *restrict rows, int64_t n_cells,
-                         const int64_t *restrict indptr, int64_t *restrict out_indptr) {
+                         const int64_t *restrict indptr, int64_t nnz,
+                         int64_t *restrict out_indptr) {
     out_indptr[0] = 0;
     for (int64_t i = 0; i < n; i++) {
         const int64_t r = rows[i];
         if (r < 0 || r >= n_cells) return -1;
+        if (indptr[r] < 0 || indptr[r] > indptr[r + 1] || indptr[r + 1] > nnz) return -2;
         out_indptr[i + 1] = out_indptr[i] + (indptr[r + 1] - indptr[r]);
     }
     return out_indptr[n];

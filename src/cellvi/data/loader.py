@@ -31,7 +31,7 @@ _LGAMMA_CHUNK = 2**20
 
 _GATHER_SOURCE = Path(__file__).with_name("_gather_kernel.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
-_COUNT_ARGS = (_I64, _P, _I64, _P, _P)
+_COUNT_ARGS = (_I64, _P, _I64, _P, _I64, _P)
 _FILL_ARGS = (_I64, _P, _P, _P, _P, _P, _P, _P, _P, _P)
 _FILL_NAMES = {torch.int32: "cellvi_csr_fill_i32", torch.int64: "cellvi_csr_fill_i64"}
 
@@ -164,7 +164,13 @@ class TensorData:
         """Minibatch row, column, value of the non-zero entries of the cells ``rows`` (in that
         order, columns as in the CSR) and each cell's total count."""
         kernels = None
-        if self.indptr.device.type == "cpu" and self.values.dtype == torch.float32:
+        arrays = (self.indptr, self.indices, self.values)
+        if (
+            self.indptr.device.type == "cpu"
+            and self.values.dtype == torch.float32
+            and all(t.is_contiguous() for t in arrays)
+            and len(self.indices) == len(self.values)
+        ):
             kernels = _gather_kernels(self.indices.dtype)
         if kernels is not None:
             count, fill = kernels
@@ -172,9 +178,17 @@ class TensorData:
             rows = rows.long().contiguous()
             n = len(rows)
             out_indptr = torch.empty(n + 1, dtype=torch.int64)
-            nnz = count(n, rows.data_ptr(), self.n_cells, indptr.data_ptr(), out_indptr.data_ptr())
-            if nnz < 0:
+            nnz = count(
+                n, rows.data_ptr(), self.n_cells, indptr.data_ptr(), len(self.values),
+                out_indptr.data_ptr(),
+            )  # fmt: skip
+            if nnz == -1:
                 raise IndexError("A minibatch cell index is outside the data.")
+            if nnz < 0:
+                raise ValueError(
+                    "The sparse count matrix is malformed (its row pointer runs outside its "
+                    "entries); rebuild it with scipy.sparse.csr_matrix."
+                )
             local_rows, cols = (
                 torch.empty(nnz, dtype=torch.int64),
                 torch.empty(nnz, dtype=torch.int64),
