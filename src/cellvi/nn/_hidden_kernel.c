@@ -54,8 +54,14 @@ void cellvi_hidden_dropout_mask(int64_t n, int64_t d, uint64_t seed, uint32_t th
     }
 }
 
-/* The columns of thread t: whole blocks of BLOCK columns, as even a share as possible. */
-static inline void split(int64_t d, int n_threads, int t, int64_t *c0, int64_t *c1) {
+/* The columns of the calling thread of a parallel region: whole blocks of BLOCK columns, as
+ * even a share as possible. */
+static inline void own_columns(int64_t d, int64_t *c0, int64_t *c1) {
+    int t = 0, n_threads = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    n_threads = omp_get_num_threads();
+#endif
     const int64_t blocks = (d + BLOCK - 1) / BLOCK;
     const int64_t e = blocks * (t + 1) / n_threads * BLOCK;
     *c0 = blocks * t / n_threads * BLOCK;
@@ -155,13 +161,8 @@ int cellvi_hidden_forward(int64_t n, int64_t d, const float *restrict a, int n_t
     if (n_threads < 1) n_threads = 1;
 #pragma omp parallel num_threads(n_threads)
     {
-        int t = 0, nt = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
         int64_t c0, c1;
-        split(d, nt, t, &c0, &c1);
+        own_columns(d, &c0, &c1);
         if (c1 > c0)
             forward_columns(n, d, c0, c1, a, n_tables, codes, offsets, table, gamma, beta,
                             running_mean, running_var, momentum, eps, seed, threshold, scale,
@@ -234,13 +235,8 @@ int cellvi_hidden_backward(int64_t n, int64_t d, const float *restrict grad_out,
     if (n_threads < 1) n_threads = 1;
 #pragma omp parallel num_threads(n_threads)
     {
-        int t = 0, nt = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
         int64_t c0, c1;
-        split(d, nt, t, &c0, &c1);
+        own_columns(d, &c0, &c1);
         if (c1 > c0)
             backward_columns(n, d, c0, c1, grad_out, xhat, keep, invstd, gamma,
                              n_tables, codes, offsets, grad_a, grad_gamma, grad_beta,
