@@ -28,11 +28,12 @@ class CellviSettings:
         GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Training
         uses the ``accelerator`` argument of the training functions instead.
     native_kernels
-        Whether cellvi may use its compiled C kernels on the CPU, for the NB / ZINB likelihood
-        and for dropout (built on first use with the system C compiler; see
-        :mod:`cellvi.utils.native`). They compute what the torch implementations compute, the
-        likelihood about three times faster and dropout about six times. Default: ``True``,
-        unless the environment variable ``CELLVI_NATIVE_KERNELS`` is ``0``.
+        Whether cellvi may use its compiled C kernels on the CPU: the NB / ZINB and protein
+        mixture likelihoods, dropout, the covariate + batch-norm + ReLU + dropout step of each
+        hidden layer in training, and the gathering of sparse minibatches (built on first use
+        with the system C compiler; see :mod:`cellvi.utils.native`). They compute what the
+        torch implementations compute, each about two to six times faster. Default:
+        ``True``, unless the environment variable ``CELLVI_NATIVE_KERNELS`` is ``0``.
     """
 
     def __init__(self) -> None:
