@@ -41,12 +41,13 @@ def available() -> bool:
     return _kernel() is not None
 
 
+def _float32_cpu(tensors) -> bool:
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+
+
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernel applies to these inputs: float32 on the CPU, kernel available."""
-    for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
-            return False
-    return available()
+    return _float32_cpu(tensors) and available()
 
 
 def _ptr(t: torch.Tensor | None):
@@ -86,6 +87,21 @@ def _run(logits, log_library, theta, rho, rows, cols, values, log_x_factorial, *
     raise ValueError("Non-zero count coordinates are out of range for the count matrix.")
 
 
+def _upstream_times(grad, derivs, needs, summed: int | None) -> list:
+    """The backward step of a per-cell log-likelihood whose kernel stored its derivatives:
+    each derivative times its cell's upstream gradient (``None`` where none is needed); the
+    one at index ``summed`` belongs to a parameter shared by all cells and is summed over them."""
+    out = []
+    for i, (d, need) in enumerate(zip(derivs, needs, strict=True)):
+        if not need:
+            out.append(None)
+        elif i == summed:
+            out.append(grad @ d)
+        else:
+            out.append(d * (grad if d.dim() == 1 else grad.unsqueeze(-1)))
+    return out
+
+
 class _NativeNegBinomialLogLik(torch.autograd.Function):
     """Per-cell (zero-inflated) NB log-likelihood from decoder logits, computed by the C kernel
     together with its derivatives."""
@@ -105,16 +121,9 @@ class _NativeNegBinomialLogLik(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        d_logits, d_lib, d_theta, d_rho = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        needs = ctx.needs_input_grad
-        g_logits = d_logits * g if needs[0] else None
-        g_lib = d_lib * grad if needs[1] else None
-        g_theta = None
-        if needs[2]:
-            g_theta = grad @ d_theta if ctx.per_gene else d_theta * g
-        g_rho = d_rho * g if needs[3] else None
-        return g_logits, g_lib, g_theta, g_rho, None, None, None, None
+        summed = 2 if ctx.per_gene else None  # theta of shape (n_genes,)
+        grads = _upstream_times(grad, ctx.saved_tensors, ctx.needs_input_grad[:4], summed)
+        return *grads, None, None, None, None
 
 
 def nb_log_likelihood_native(logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial):
@@ -163,28 +172,14 @@ class _NativeMixtureLogLik(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        d_back, d_fore, d_theta, d_rho = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        needs = ctx.needs_input_grad
-        g_theta = None
-        if needs[3]:
-            g_theta = grad @ d_theta if ctx.per_protein else d_theta * g
-        return (
-            None,
-            d_back * g if needs[1] else None,
-            d_fore * g if needs[2] else None,
-            g_theta,
-            d_rho * g if needs[4] else None,
-            None,
-        )
+        summed = 2 if ctx.per_protein else None  # theta of shape (n_proteins,)
+        grads = _upstream_times(grad, ctx.saved_tensors, ctx.needs_input_grad[1:5], summed)
+        return None, *grads, None
 
 
 def mixture_usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the mixture kernel applies: float32 CPU inputs, kernel available."""
-    for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
-            return False
-    return _mixture_kernel() is not None
+    return _float32_cpu(tensors) and _mixture_kernel() is not None
 
 
 def nb_mixture_log_likelihood_native(y, log_back, log_fore, theta, rho, mask=None):
