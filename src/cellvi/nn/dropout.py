@@ -51,13 +51,13 @@ class _NativeDropout(torch.autograd.Function):
     """``x * mask`` with the scaled mask drawn and applied by the C kernel."""
 
     @staticmethod
-    def forward(ctx, x, threshold: int, scale: float):
+    def forward(ctx, x, keep_threshold: int, scale: float):
         x = x.contiguous()
         out, mask = torch.empty_like(x), torch.empty_like(x)
         seed = int(torch.empty((), dtype=torch.int64).random_())  # torch's default generator
         if x.numel():
             _kernel()(x.numel(), x.data_ptr(), out.data_ptr(), mask.data_ptr(), seed,
-                      threshold - _INT16_MIN, scale, torch.get_num_threads())  # fmt: skip
+                      keep_threshold, scale, torch.get_num_threads())  # fmt: skip
         ctx.save_for_backward(mask)
         return out
 
@@ -113,5 +113,5 @@ class Dropout(nn.Module):
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
         if x.dtype == torch.float32 and _kernel() is not None:
-            return _NativeDropout.apply(x, self._threshold, self._scale)
+            return _NativeDropout.apply(x, self.keep_threshold, self._scale)
         return x * (_keep_mask(x.shape, self._threshold, x.dtype) * self._scale)
