@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..utils.native import enabled_kernel_function
+from ..utils.native import enabled_kernel_function, threads_for
+from ..utils.native import pointer as _ptr
 
 _SOURCE = Path(__file__).with_name("_nb_kernel.c")
 _P = ctypes.c_void_p
@@ -48,10 +49,6 @@ def _float32_cpu(tensors) -> bool:
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernel applies to these inputs: float32 on the CPU, kernel available."""
     return _float32_cpu(tensors) and available()
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None or t.numel() == 0 else t.data_ptr()
 
 
 def _indptr(rows: torch.Tensor, n_cells: int) -> torch.Tensor:
@@ -161,7 +158,7 @@ class _NativeMixtureLogLik(torch.autograd.Function):
         status = _mixture_kernel()(
             n, p, _ptr(y), _ptr(log_back), _ptr(log_fore), _ptr(theta), int(per_entry),
             _ptr(rho), _ptr(mask), _ptr(out), *(_ptr(d) for d in derivs),
-            1 if n * p < _SERIAL_ENTRIES else torch.get_num_threads(),
+            threads_for(n * p, _SERIAL_ENTRIES),
         )  # fmt: skip
         if status:
             raise MemoryError("The NB mixture kernel could not allocate its scratch memory.")

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..utils.native import enabled_kernel_function
+from ..utils.native import enabled_kernel_function, threads_for
+from ..utils.native import pointer as _ptr
 from .dropout import Dropout
 
 _SOURCE = Path(__file__).with_name("_hidden_kernel.c")
@@ -45,7 +46,7 @@ SERIAL_ENTRIES = 1 << 18
 
 
 def _threads(n_entries: int) -> int:
-    return 1 if n_entries < SERIAL_ENTRIES else torch.get_num_threads()
+    return threads_for(n_entries, SERIAL_ENTRIES)
 
 
 @functools.cache
@@ -56,10 +57,6 @@ def _offsets(sizes: tuple[int, ...]) -> torch.Tensor:
 
 def _function(name: str, argtypes: tuple, restype=None):
     return enabled_kernel_function(_SOURCE, name, argtypes, restype)
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None or t.numel() == 0 else t.data_ptr()
 
 
 def _dropout_setting(dropout: nn.Module) -> tuple[int, float]:

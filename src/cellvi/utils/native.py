@@ -163,6 +163,20 @@ def kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
     return fn
 
 
+def pointer(t):
+    """The address of a tensor's data for a kernel argument (``None`` for a missing or empty
+    tensor: C gets NULL)."""
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def threads_for(n_entries: int, serial_below: int) -> int:
+    """Threads a kernel gets: one below ``serial_below`` entries (waking a second thread costs
+    more than it saves on small matrices), else every thread torch uses."""
+    import torch
+
+    return 1 if n_entries < serial_below else torch.get_num_threads()
+
+
 @functools.cache
 def _settings():
     from .._settings import settings
