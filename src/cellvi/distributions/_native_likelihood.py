@@ -104,9 +104,11 @@ class _NativeNegBinomialLogLik(torch.autograd.Function):
     together with its derivatives."""
 
     @staticmethod
-    def forward(ctx, logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial):
+    def forward(ctx, logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial, grad_mode):
         inputs = (logits, log_library, theta, rho)
-        grad = any(t is not None and t.requires_grad for t in inputs)
+        # inside forward grad mode is always off, and requires_grad stays True under no_grad:
+        # the caller's grad mode says whether the derivatives will be used
+        grad = grad_mode and any(t is not None and t.requires_grad for t in inputs)
         out, d_logits, d_lib, d_theta, d_rho = _run(
             *(t.contiguous() if t is not None else None for t in inputs),
             rows.contiguous(), cols.contiguous(), x_nz.contiguous(),
@@ -120,13 +122,13 @@ class _NativeNegBinomialLogLik(torch.autograd.Function):
     def backward(ctx, grad):
         summed = 2 if ctx.per_gene else None  # theta of shape (n_genes,)
         grads = _upstream_times(grad, ctx.saved_tensors, ctx.needs_input_grad[:4], summed)
-        return *grads, None, None, None, None
+        return *grads, None, None, None, None, None
 
 
 def nb_log_likelihood_native(logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial):
     """Per-cell log-likelihood (NB when ``rho`` is ``None``, else ZINB) through the kernel."""
     return _NativeNegBinomialLogLik.apply(
-        logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial
+        logits, log_library, theta, rho, rows, cols, x_nz, log_x_factorial, torch.is_grad_enabled()
     )
 
 
@@ -146,11 +148,11 @@ class _NativeMixtureLogLik(torch.autograd.Function):
     """totalVI's per-cell protein mixture log-likelihood and its derivatives, from the C kernel."""
 
     @staticmethod
-    def forward(ctx, y, log_back, log_fore, theta, rho, mask):
+    def forward(ctx, y, log_back, log_fore, theta, rho, mask, grad_mode):
         n, p = log_back.shape
         per_entry = theta.dim() == 2
         inputs = (log_back, log_fore, theta, rho)
-        grad = any(t.requires_grad for t in inputs)
+        grad = grad_mode and any(t.requires_grad for t in inputs)  # as in the NB Function
         y, log_back, log_fore, theta, rho = (t.contiguous() for t in (y, *inputs))
         mask = mask.contiguous() if mask is not None else None
         out = torch.empty(n)
@@ -171,7 +173,7 @@ class _NativeMixtureLogLik(torch.autograd.Function):
     def backward(ctx, grad):
         summed = 2 if ctx.per_protein else None  # theta of shape (n_proteins,)
         grads = _upstream_times(grad, ctx.saved_tensors, ctx.needs_input_grad[1:5], summed)
-        return None, *grads, None
+        return None, *grads, None, None
 
 
 def mixture_usable(*tensors: torch.Tensor | None) -> bool:
@@ -182,4 +184,6 @@ def mixture_usable(*tensors: torch.Tensor | None) -> bool:
 def nb_mixture_log_likelihood_native(y, log_back, log_fore, theta, rho, mask=None):
     """Per-cell protein mixture log-likelihood through the kernel (``theta`` per protein,
     ``(n_proteins,)``, or per entry, ``(n_cells, n_proteins)``)."""
-    return _NativeMixtureLogLik.apply(y, log_back, log_fore, theta, rho, mask)
+    return _NativeMixtureLogLik.apply(
+        y, log_back, log_fore, theta, rho, mask, torch.is_grad_enabled()
+    )
