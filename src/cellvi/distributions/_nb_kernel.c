@@ -27,17 +27,40 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__)
-/* glibc's vector math library (libmvec): lets GCC vectorise these calls without -ffast-math */
-#define CELLVI_SIMD __attribute__((__simd__("notinbranch")))
+/* glibc's vector math library (libmvec) lets GCC vectorise these calls without -ffast-math.
+ * A function may be declared __simd__ only where the glibc this is built against has its
+ * vector variants, or the library fails to load (`undefined symbol`): exp, expf and log since
+ * glibc 2.22, log1p and log1pf since 2.35 (RHEL 8 / 9 and Ubuntu 20.04 have older ones).
+ * CELLVI_NO_VECTOR_MATH (a fallback flag set of cellvi/utils/native.py) turns it off;
+ * CELLVI_ASSUME_GLIBC=MMmm (e.g. 228 for 2.28) checks the guards against another version. */
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) \
+    && !defined(CELLVI_NO_VECTOR_MATH)
+#ifdef CELLVI_ASSUME_GLIBC
+#define CELLVI_GLIBC_AT_LEAST(major, minor) (CELLVI_ASSUME_GLIBC >= (major) * 100 + (minor))
+#elif defined(__GLIBC_PREREQ)
+#define CELLVI_GLIBC_AT_LEAST(major, minor) __GLIBC_PREREQ(major, minor)
 #else
-#define CELLVI_SIMD
+#define CELLVI_GLIBC_AT_LEAST(major, minor) 0
 #endif
-extern float expf(float) CELLVI_SIMD;
-extern float log1pf(float) CELLVI_SIMD;
-extern double exp(double) CELLVI_SIMD;
-extern double log(double) CELLVI_SIMD;
-extern double log1p(double) CELLVI_SIMD;
+#endif
+#ifndef CELLVI_GLIBC_AT_LEAST
+#define CELLVI_GLIBC_AT_LEAST(major, minor) 0
+#endif
+#if CELLVI_GLIBC_AT_LEAST(2, 22)
+#define CELLVI_SIMD_2_22 __attribute__((__simd__("notinbranch")))
+#else
+#define CELLVI_SIMD_2_22
+#endif
+#if CELLVI_GLIBC_AT_LEAST(2, 35)
+#define CELLVI_SIMD_2_35 __attribute__((__simd__("notinbranch")))
+#else
+#define CELLVI_SIMD_2_35
+#endif
+extern float expf(float) CELLVI_SIMD_2_22;
+extern double exp(double) CELLVI_SIMD_2_22;
+extern double log(double) CELLVI_SIMD_2_22;
+extern float log1pf(float) CELLVI_SIMD_2_35;
+extern double log1p(double) CELLVI_SIMD_2_35;
 
 #define THETA_EPS 1e-8
 #define HALF_LOG_2PI 0.91893853320467274178

@@ -1,24 +1,34 @@
 """Compile the C kernels shipped with cellvi on first use and load them with ctypes.
 
-A kernel is compiled once per machine with the system C compiler (``$CC``, else ``cc``,
-``gcc`` or ``clang``), OpenMP and the instructions of this CPU, and kept in a cache folder
-(``$CELLVI_CACHE_DIR``, else ``$XDG_CACHE_HOME/cellvi`` or ``~/.cache/cellvi``; a temporary
-folder when that is not writable). The cached library is named by a hash of the source, the
-compiler, the flags and the CPU, so an edited kernel, another compiler or another machine
-sharing the home folder gets its own build. Nothing is downloaded.
+A kernel is compiled once per machine with the system C compiler (``$CC``, which may carry
+arguments such as ``python -m ziglang cc``; else ``cc``, ``gcc`` or ``clang``) and kept in a
+cache folder (``$CELLVI_CACHE_DIR``, else ``$XDG_CACHE_HOME/cellvi`` or ``~/.cache/cellvi``; a
+temporary folder when that is not writable). The cached library is named by a hash of the
+source, the compiler, the flags, the C library and the CPU, so an edited kernel, another
+compiler or another machine sharing the home folder gets its own build. Nothing is downloaded.
 
-When no compiler works, :func:`load_kernel` returns ``None`` and the caller uses its torch
-implementation (same results, slower on a CPU); the reason is logged once.
+The flag sets of :data:`FLAG_SETS` are tried in order until a library compiles *and* loads:
+first with glibc's vector math (libmvec), OpenMP and the instructions of this CPU
+(``-march=native``, or ``$CELLVI_MARCH``), then without vector math, without OpenMP (the
+kernels then run on one thread, still vectorised), and last without ``-march``. Each outcome
+(a library, or why it failed) is cached under the same key, so a later process goes straight
+to the flag set that works. Kernels that start no threads are built without OpenMP.
+
+When no flag set works, :func:`load_kernel` returns ``None`` and the caller uses its torch
+implementation (same results within float32 rounding, slower on a CPU). The first such
+fallback in a process logs a WARNING with the reason; :func:`status` reports every kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,12 +37,30 @@ from pathlib import Path
 
 logger = logging.getLogger("cellvi")
 
-#: tried in order; OpenMP is required (the kernels split cells across torch's threads)
+_PACKAGE = Path(__file__).resolve().parents[1]
+#: every kernel cellvi ships, by the name :func:`status` reports
+KERNELS = {
+    "nb_likelihood": _PACKAGE / "distributions" / "_nb_kernel.c",
+    "hidden_layer": _PACKAGE / "nn" / "_hidden_kernel.c",
+    "dropout": _PACKAGE / "nn" / "_dropout_kernel.c",
+    "gather": _PACKAGE / "data" / "_gather_kernel.c",
+}
+
+_MATH = ("-O3", "-fno-math-errno", "-fno-trapping-math")
+_NATIVE = "-march=native"  # replaced by -march=$CELLVI_MARCH when that is set
+_NO_VECTOR_MATH = "-DCELLVI_NO_VECTOR_MATH"  # the kernels then declare no libmvec functions
+#: tried in order until a library compiles and loads; -fopenmp-simd keeps the ``omp simd``
+#: loops vectorised without the OpenMP runtime (the parallel regions then run serially)
 FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"),
-    ("-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"),
+    (*_MATH, _NATIVE, "-fopenmp"),
+    (*_MATH, _NATIVE, "-fopenmp", _NO_VECTOR_MATH),
+    (*_MATH, _NATIVE, "-fopenmp-simd"),
+    (*_MATH, _NATIVE, "-fopenmp-simd", _NO_VECTOR_MATH),
+    (*_MATH, "-fopenmp-simd", _NO_VECTOR_MATH),
 )
 COMPILE_TIMEOUT_S = 120
+#: what a fallback costs, for the warning (benchmarks/bench_scvi_speed.py, docs/performance.md)
+SLOWDOWN = "CPU training is about 1.5x slower without the kernels"
 
 
 class KernelUnavailable(RuntimeError):
@@ -62,16 +90,38 @@ def cache_dir() -> Path:
     return folder
 
 
-def find_compiler() -> str | None:
-    """The C compiler to use: ``$CC`` when set (even if it does not exist), else the first of
-    ``cc``, ``gcc``, ``clang`` on the path."""
+def find_compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` when set (split like a shell would; ``None`` when its
+    program does not exist), else the first of ``cc``, ``gcc``, ``clang`` on the path."""
     if os.environ.get("CC"):
-        return shutil.which(os.environ["CC"])
+        words = shlex.split(os.environ["CC"])
+        program = shutil.which(words[0]) if words else None
+        return [program, *words[1:]] if program else None
     for name in ("cc", "gcc", "clang"):
         path = shutil.which(name)
         if path:
-            return path
+            return [path]
     return None
+
+
+def uses_openmp(source: Path) -> bool:
+    """Whether a kernel starts threads (has an ``omp parallel`` region); the others are built
+    without OpenMP."""
+    return b"omp parallel" in source.read_bytes()
+
+
+def flag_sets(source: Path) -> list[tuple[str, ...]]:
+    """The flag sets tried for ``source``, in order (see :data:`FLAG_SETS`)."""
+    march = os.environ.get("CELLVI_MARCH")
+    threads = uses_openmp(source)
+    out = []
+    for flags in FLAG_SETS:
+        flags = tuple(f"-march={march}" if f == _NATIVE and march else f for f in flags)
+        if not threads:
+            flags = tuple("-fopenmp-simd" if f == "-fopenmp" else f for f in flags)
+        if flags not in out:
+            out.append(flags)
+    return out
 
 
 @functools.cache
@@ -88,46 +138,94 @@ def _cpu_signature() -> str:
 
 
 @functools.cache
-def _compiler_identity(compiler: str) -> str:
+def _compiler_identity(compiler: tuple[str, ...]) -> str:
+    name = " ".join(compiler)
     try:
         done = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [*compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
         )
-        return compiler + " " + done.stdout.strip().splitlines()[0] if done.stdout else compiler
+        return name + " " + done.stdout.strip().splitlines()[0] if done.stdout else name
     except (OSError, subprocess.SubprocessError, IndexError):
-        return compiler
+        return name
 
 
-def compile_kernel(source: Path, compiler: str, flags: tuple[str, ...]) -> Path:
-    """Compile ``source`` into a shared library in :func:`cache_dir` (reused when present)."""
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["(no message)"])[0][:300]
+
+
+def _target(source: Path, compiler, flags: tuple[str, ...]) -> Path:
     suffix = ".dll" if sys.platform == "win32" else ".so"
     key = hashlib.sha256()
-    for part in (source.read_bytes(), _compiler_identity(compiler), " ".join(flags),
-                 platform.machine(), _cpu_signature()):  # fmt: skip
+    for part in (source.read_bytes(), _compiler_identity(tuple(compiler)), " ".join(flags),
+                 platform.machine(), " ".join(platform.libc_ver()), _cpu_signature()):  # fmt: skip
         key.update(part if isinstance(part, bytes) else part.encode())
         key.update(b"\0")
-    target = cache_dir() / f"{source.stem}-{key.hexdigest()[:20]}{suffix}"
+    return cache_dir() / f"{source.stem}-{key.hexdigest()[:20]}{suffix}"
+
+
+def _failure_note(target: Path) -> Path:
+    return target.with_suffix(".failed")
+
+
+def compile_kernel(source: Path, compiler, flags: tuple[str, ...]) -> Path:
+    """Compile ``source`` into a shared library in :func:`cache_dir` (reused when present).
+
+    ``compiler`` is a command (a list of words, or one path). Raises :class:`KernelUnavailable`
+    with a message that starts ``compile error:``; a compile error is remembered (a file beside
+    the library), so the same build is not tried again."""
+    compiler = [compiler] if isinstance(compiler, str | os.PathLike) else list(compiler)
+    target = _target(source, compiler, flags)
     if target.exists():
         return target
+    note = _failure_note(target)
+    if note.exists():
+        raise KernelUnavailable(note.read_text())
     # build beside the target and rename: processes compiling at once never see half a file
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(suffix=target.suffix, dir=target.parent)
     os.close(fd)
-    cmd = [compiler, *flags, "-fPIC", "-shared", str(source), "-o", tmp, "-lm"]
+    cmd = [*map(str, compiler), *flags, "-fPIC", "-shared", str(source), "-o", tmp, "-lm"]
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
         )
         if done.returncode != 0:
-            raise KernelUnavailable(
-                f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()[:500]}"
-            )
+            message = f"compile error: {_first_line(done.stderr or done.stdout)}"
+            _write_note(note, f"{message} (`{' '.join(cmd)}`)")
+            raise KernelUnavailable(f"{message} (`{' '.join(cmd)}`)")
         os.replace(tmp, target)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise KernelUnavailable(f"`{' '.join(cmd)}` could not run: {err}") from err
+    except (OSError, subprocess.SubprocessError) as err:  # not remembered: may be transient
+        raise KernelUnavailable(f"compiler could not run: {err} (`{' '.join(cmd)}`)") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _write_note(note: Path, text: str) -> None:
+    try:
+        note.write_text(text)
+    except OSError:
+        pass
+
+
+def _open(target: Path) -> ctypes.CDLL:
+    """Load a built library; a failure is remembered beside it (``load error: ...``)."""
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as err:
+        message = f"load error: {_first_line(str(err))}"
+        _write_note(_failure_note(target), message)
+        with contextlib.suppress(OSError):  # the note stands for it from now on
+            target.unlink()
+        raise KernelUnavailable(message) from err
+
+
+#: per kernel source: ("loaded", compiler, flags) or ("failed", reason)
+_outcomes: dict[Path, tuple] = {}
+_used: set[Path] = set()
+_warned = False
 
 
 @functools.cache
@@ -139,15 +237,18 @@ def load_kernel(source: Path) -> ctypes.CDLL | None:
     compiler = find_compiler()
     if compiler is None:
         wanted = os.environ.get("CC") or "cc, gcc or clang"
-        _unavailable(source, f"no C compiler found ({wanted})")
+        _unavailable(source, f"compiler missing: no C compiler found ({wanted})")
         return None
-    errors = []
-    for flags in FLAG_SETS:
+    reason = "no flag set to try"
+    for flags in flag_sets(source):
         try:
-            return ctypes.CDLL(str(compile_kernel(source, compiler, flags)))
-        except (KernelUnavailable, OSError) as err:
-            errors.append(str(err))
-    _unavailable(source, errors[-1])
+            lib = _open(compile_kernel(source, compiler, flags))
+        except KernelUnavailable as err:
+            reason = str(err)
+            continue
+        _outcomes[source] = ("loaded", _compiler_identity(tuple(compiler)), flags)
+        return lib
+    _unavailable(source, reason)
     return None
 
 
@@ -186,16 +287,80 @@ def _settings():
 
 def enabled_kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
     """:func:`kernel_function`, or ``None`` while :attr:`cellvi.settings.native_kernels` is off:
-    the one switch every kernel's caller goes through (called at every use, so kept cheap)."""
+    the one switch every kernel's caller goes through (called at every use, so kept cheap).
+    A kernel returned here counts as used (see :func:`take_used`)."""
     if not _settings().native_kernels:
         return None
-    return kernel_function(source, name, argtypes, restype)
+    fn = kernel_function(source, name, argtypes, restype)
+    if fn is not None:
+        _used.add(source)
+    return fn
 
 
 def _unavailable(source: Path, reason: str) -> None:
-    logger.info(
-        "cellvi: the C kernel %s could not be built (%s); using the torch implementation, "
-        "which gives the same results and is slower on a CPU.",
+    global _warned
+    _outcomes[source] = ("failed", reason)
+    first, _warned = not _warned, True
+    (logger.warning if first else logger.info)(
+        "cellvi: the C kernel %s is not used (%s); the torch implementation runs instead, "
+        "with the same results within float32 rounding. %s. "
+        "cellvi.utils.native.status() lists every kernel; docs/installation.md has a "
+        "troubleshooting table.",
         source.name,
         reason,
+        SLOWDOWN,
     )
+
+
+def _name(source: Path) -> str:
+    return next((k for k, v in KERNELS.items() if v == source), source.name)
+
+
+def status() -> dict[str, str]:
+    """For every kernel cellvi ships (:data:`KERNELS`): ``"loaded"``, or why it is not used
+    (``"disabled: ..."``, ``"compiler missing: ..."``, ``"compile error: <first line>"``,
+    ``"load error: ..."``). Builds the kernels not built yet in this process."""
+    out = {}
+    for name, source in KERNELS.items():
+        if not _settings().native_kernels:
+            out[name] = "disabled: cellvi.settings.native_kernels is False"
+        elif load_kernel(source) is not None:
+            out[name] = "loaded"
+        else:
+            out[name] = _outcomes.get(source, ("failed", "unknown"))[1]
+    return out
+
+
+def build_info() -> dict[str, str]:
+    """For every kernel loaded in this process: the compiler and the flags that built it."""
+    return {
+        _name(source): f"{outcome[1]}; {' '.join(outcome[2])}"
+        for source, outcome in sorted(_outcomes.items())
+        if outcome[0] == "loaded"
+    }
+
+
+def take_used() -> str:
+    """The kernels used since the last call (the ones that trained the model being recorded),
+    with what built them, as one line; ``"none (torch path)"`` when none. Resets the record."""
+    used = sorted(_used)
+    _used.clear()
+    info = build_info()
+    groups: dict[str, list[str]] = {}
+    for source in used:
+        name = _name(source)
+        groups.setdefault(info.get(name, "unknown build"), []).append(name)
+    if not groups:
+        return "none (torch path)"
+    return "; ".join(f"{', '.join(names)} ({build})" for build, names in groups.items())
+
+
+def reset() -> None:
+    """Forget what this process loaded, so that the next use builds (or reuses from the cache)
+    the kernels again, e.g. after changing ``$CC`` or :data:`FLAG_SETS`; for tests."""
+    global _warned
+    kernel_function.cache_clear()
+    load_kernel.cache_clear()
+    _outcomes.clear()
+    _used.clear()
+    _warned = False

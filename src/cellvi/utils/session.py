@@ -18,7 +18,9 @@ def package_version(name: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the packages that determine a model's numerics."""
+    """Versions of the packages that determine a model's numerics, and the compiled kernels
+    used since the previous call (``cellvi_native_kernels``, see
+    :func:`cellvi.utils.native.take_used`)."""
     names = ["cellvi", "torch", "lightning", "anndata", "scanpy", "numpy", "scipy"]
     out = {name: package_version(name) for name in names}
     if out["cellvi"] == "unknown":  # a source tree that was not pip-installed
@@ -26,6 +28,11 @@ def versions() -> dict[str, str]:
 
         out["cellvi"] = __version__
     out["python"] = platform.python_version()
+    # the compiled kernels change the float32 rounding (and dropout's masks): record the ones
+    # used since the last model was recorded, i.e. the ones that trained this one
+    from .native import take_used
+
+    out["cellvi_native_kernels"] = take_used()
     return out
 
 
