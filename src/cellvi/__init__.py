@@ -5,18 +5,8 @@
 >>> cv.tl.scvi_train(adata)  # -> adata.obsm["X_scvi"], model in adata.uns["scvi"]
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from . import datasets, hub, pl, pp, tl
+from . import datasets, families, hub, pl, pp, tl
 from ._settings import settings
-from .models import (
-    scvi_codec,  # noqa: F401  (makes scVI models storable in .uns)
-    totalvi_codec,  # noqa: F401  (makes totalVI models storable in .uns)
-)
+from ._version import __version__ as __version__
 
-try:
-    __version__ = version("cellvi")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
-
-__all__ = ["datasets", "hub", "pl", "pp", "settings", "tl"]
+__all__ = ["datasets", "families", "hub", "pl", "pp", "settings", "tl"]

@@ -13,8 +13,8 @@ import cellvi.data.backed as backed_module
 import cellvi.data.chunked_loader as chunked_module
 from cellvi.data.backed import BackedData
 from cellvi.data.chunked_loader import ChunkedLoader
-from cellvi.data.loader import TensorData
 from cellvi.data.registry import REGISTRY_KEY, extract_registered_data, registries_equal
+from cellvi.data.tensors import tensor_data
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_backed_csc_refused_with_fix(make_adata, tmp_path):
 def _backed_data(adata, tmp_path):
     backed = _write(adata, tmp_path)
     cv.pp.setup_registry(backed, batch_key="batch", continuous_covariate_keys=["pct_mito"])
-    data = TensorData.from_registered(extract_registered_data(backed, backed.uns[REGISTRY_KEY]))
+    data = tensor_data(extract_registered_data(backed, backed.uns[REGISTRY_KEY]))
     assert isinstance(data, BackedData)
     return data
 
@@ -81,7 +81,7 @@ def _backed_data(adata, tmp_path):
 def test_backed_gather_equals_in_memory(make_adata, tmp_path, small_blocks):
     adata = make_adata()
     cv.pp.setup_registry(adata, batch_key="batch", continuous_covariate_keys=["pct_mito"])
-    memory = TensorData.from_registered(extract_registered_data(adata, adata.uns[REGISTRY_KEY]))
+    memory = tensor_data(extract_registered_data(adata, adata.uns[REGISTRY_KEY]))
     disk = _backed_data(adata, tmp_path)
     rows = torch.tensor([41, 3, 3, 59, 0, 17, 40])  # unsorted, repeated, spread over spans
     expected, got = memory.gather(rows), disk.gather(rows)
@@ -163,8 +163,8 @@ def test_zarr_store_registers_gathers_and_trains_like_in_memory(adata, tmp_path,
         {k: v for k, v in adata.uns[REGISTRY_KEY].items() if k != "library_log_vars"},
         {k: v for k, v in on_disk.uns[REGISTRY_KEY].items() if k != "library_log_vars"},
     )
-    memory = TensorData.from_registered(extract_registered_data(adata, adata.uns[REGISTRY_KEY]))
-    disk = TensorData.from_registered(extract_registered_data(on_disk, on_disk.uns[REGISTRY_KEY]))
+    memory = tensor_data(extract_registered_data(adata, adata.uns[REGISTRY_KEY]))
+    disk = tensor_data(extract_registered_data(on_disk, on_disk.uns[REGISTRY_KEY]))
     assert isinstance(disk, BackedData) and disk.counts.format == "zarr"
     rows = torch.tensor([41, 3, 3, 59, 0, 17, 40])
     expected, got = memory.gather(rows), disk.gather(rows)

@@ -26,8 +26,8 @@ from cellvi.lifecycle.payload import (
     to_builtin,
     weights_to_array,
 )
+from cellvi.lifecycle.runtime import load_model
 from cellvi.models.scvi import SCVIModule
-from cellvi.tl._common import load_model
 from cellvi.tl._scvi_train import RUN_OPTIONS
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tl" / "data" / "scvi_payload_v1_0_0.h5ad"

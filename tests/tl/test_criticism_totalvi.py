@@ -19,7 +19,7 @@ from tests.conftest import synthetic_citeseq
 
 import cellvi as cv
 from cellvi.lifecycle.payload import weights_to_array
-from cellvi.tl._common import load_model
+from cellvi.lifecycle.runtime import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 FIT = {"n_hidden": 64, "n_latent": 5, "max_epochs": 200, "seed": 0}

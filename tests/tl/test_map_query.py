@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from tests.conftest import synthetic_counts
 
 import cellvi as cv
-from cellvi.tl._common import load_model
+from cellvi.lifecycle.runtime import load_model
 
 FAST = {"max_epochs": 40, "n_hidden": 32, "batch_size": 64, "encode_covariates": True}
 

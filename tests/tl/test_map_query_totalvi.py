@@ -12,8 +12,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from tests.conftest import synthetic_counts
 
 import cellvi as cv
+from cellvi.lifecycle.runtime import load_model, model_data
 from cellvi.models._protein_prior import empirical_background_prior
-from cellvi.tl._common import load_model, model_data
 from cellvi.tl._evaluate import evaluate_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

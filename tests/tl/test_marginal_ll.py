@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cellvi as cv
-from cellvi.tl._common import load_model, model_data
+from cellvi.lifecycle.runtime import load_model, model_data
 
 FAST = {"max_epochs": 15, "n_hidden": 16, "batch_size": 64, "n_latent": 1}
 

@@ -12,7 +12,7 @@ import torch
 
 import cellvi as cv
 from cellvi.lifecycle.payload import weights_to_array
-from cellvi.tl._common import load_model
+from cellvi.lifecycle.runtime import load_model
 
 N_GENES = 60
 THETA, PI = 2.0, 0.3

@@ -9,7 +9,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 import cellvi as cv
-from cellvi.tl._common import load_model
+from cellvi.lifecycle.runtime import load_model
 
 FAST = {"max_epochs": 15, "n_hidden": 32, "batch_size": 64}
 

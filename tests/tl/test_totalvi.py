@@ -158,7 +158,7 @@ def test_bad_input_leaves_data_unchanged(trained):
         cv.tl.totalvi_embed(other, model_from=mdata)
     assert "X_totalvi" not in other.obsm
     cv.tl.scvi_train(rna_only, max_epochs=1, n_hidden=8)
-    with pytest.raises(ValueError, match="not totalVI"):
+    with pytest.raises(ValueError, match=r"does not take the scVI model.*cv\.tl\.scvi_evaluate"):
         cv.tl.totalvi_evaluate(rna_only, key="scvi")
 
 

@@ -10,7 +10,7 @@ from tests.conftest import synthetic_citeseq
 
 import cellvi as cv
 from cellvi.analysis.posterior import log_importance_weights
-from cellvi.tl._common import load_model, model_data
+from cellvi.lifecycle.runtime import load_model, model_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 SMALL = {"n_hidden": 16, "n_latent": 4, "max_epochs": 30, "seed": 0}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import anndata as ad
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import cellvi as cv
+from cellvi.families import registry as family_registry
 from cellvi.tune import _models
 
 SPACE = {"n_latent": ("int", 2, 6), "lr": ("float_log", 1e-3, 2e-2)}
@@ -120,22 +120,17 @@ OUT_OF_MEMORY = (
 
 @pytest.mark.parametrize("memory_error", OUT_OF_MEMORY, ids=["cuda", "cpu"])
 def test_nan_and_out_of_memory_fail_trials_not_the_study(registered, monkeypatch, memory_error):
-    original = _models.MODELS["scvi"]
+    original = cv.families.trainer("scvi")
     calls = []
 
-    def entry():
-        model = original()
+    @functools.wraps(original)
+    def flaky(adata, **kwargs):
+        calls.append(kwargs["lr"])
+        if len(calls) == 2:
+            raise memory_error
+        return original(adata, **kwargs)
 
-        @functools.wraps(model.train)
-        def flaky(adata, **kwargs):
-            calls.append(kwargs["lr"])
-            if len(calls) == 2:
-                raise memory_error
-            return model.train(adata, **kwargs)
-
-        return dataclasses.replace(model, train=flaky)
-
-    monkeypatch.setitem(_models.MODELS, "scvi", entry)
+    monkeypatch.setitem(family_registry._TRAINERS, "scvi", flaky)
     sampler = optuna.samplers.GridSampler({"lr": [1e4, 1e-3, 2e-3]}, seed=0)
     cv.tl.tune(
         registered,
@@ -153,15 +148,13 @@ def test_nan_and_out_of_memory_fail_trials_not_the_study(registered, monkeypatch
 
 
 def test_other_errors_end_the_study(registered, monkeypatch):
-    original = _models.MODELS["scvi"]
+    original = cv.families.trainer("scvi")
 
     def broken(adata, **kwargs):
         raise RuntimeError("a bug, not a memory problem")
 
-    broken = functools.wraps(original().train)(broken)
-    monkeypatch.setitem(
-        _models.MODELS, "scvi", lambda: dataclasses.replace(original(), train=broken)
-    )
+    broken = functools.wraps(original)(broken)
+    monkeypatch.setitem(family_registry._TRAINERS, "scvi", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cv.tl.tune(registered, n_trials=2, max_epochs=2, search_space=SPACE)
 
@@ -256,7 +249,7 @@ def test_default_space_leaves_out_fixed_arguments(registered):
         n_cells_integration=100,
         seed=0,
     )
-    default = set(_models.MODELS["scvi"]().default_search_space)
+    default = set(_models.get_model("scvi").default_search_space)
     assert set(objective.space.names) == default - {"n_hidden"}
     assert objective.trial_overrides == {"check_val_every_n_epoch": 1}
 

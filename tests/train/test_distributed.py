@@ -10,7 +10,7 @@ import torch
 import cellvi as cv
 import cellvi.data.loader as loader_module
 from cellvi.data.loader import MinibatchLoader, TensorData
-from cellvi.tl._common import load_model
+from cellvi.lifecycle.runtime import load_model
 from cellvi.train.trainer import resolve_devices
 
 

@@ -3,7 +3,7 @@ import sys
 import numpy as np
 import torch
 
-from cellvi.tl._common import TRIM_EVERY, minibatches
+from cellvi.lifecycle.runtime import TRIM_EVERY, minibatches
 from cellvi.utils._memory import release_free_memory
 
 

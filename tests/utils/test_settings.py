@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import cellvi as cv
-from cellvi.tl._common import inference_device
+from cellvi.lifecycle.runtime import inference_device
 
 
 def test_device_setting_controls_inference_device():

@@ -10,6 +10,7 @@ import torch
 from ._extract import extract_registered_data
 from ._mudata import dense_protein_counts, rna_anndata
 from .loader import TensorData
+from .tensors import tensor_data
 
 
 @dataclass
@@ -21,7 +22,7 @@ class ProteinTensorData(TensorData):
     @classmethod
     def from_registered_with_proteins(cls, data, protein: np.ndarray) -> ProteinTensorData:
         """Wrap RNA fields (a ``RegisteredData``) and a dense ``(n_cells, n_proteins)`` array."""
-        base = TensorData.from_registered(data)
+        base = tensor_data(data)
         if protein.shape[0] != base.n_cells:
             raise ValueError(
                 f"{protein.shape[0]:,} cells of protein counts for {base.n_cells:,} RNA cells."

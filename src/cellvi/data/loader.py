@@ -68,13 +68,14 @@ class TensorData:
 
     @classmethod
     def from_registered(cls, data) -> TensorData:
-        """Wrap a :class:`~cellvi.data.registry.RegisteredData` (counts still on disk give a
-        :class:`~cellvi.data.backed.BackedData`, which reads them as needed)."""
+        """Wrap a :class:`~cellvi.data.registry.RegisteredData` whose counts are in memory
+        (counts still on disk go through :func:`cellvi.data.tensors.tensor_data`)."""
         X = data.X
         if not isinstance(X, np.ndarray) and not sp.issparse(X):
-            from .backed import BackedData  # imports this module
-
-            return BackedData(data, X)
+            raise TypeError(
+                f"TensorData.from_registered takes counts in memory, got {type(X).__name__}; "
+                "use cellvi.data.tensors.tensor_data, which reads counts on disk as needed."
+            )
         fields = {
             "n_cells": X.shape[0],
             "n_vars": X.shape[1],

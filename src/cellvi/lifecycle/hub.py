@@ -33,7 +33,6 @@ from anndata import AnnData
 from ..data._mudata import is_mudata
 from ..data._protein_loader import protein_tensor_data
 from ..data.registry import extract_registered_data
-from ..tl._common import compute_latent, get_payload, load_model, model_data
 from .hub_data import (
     DATA_FILE,
     MUDATA_FILE,
@@ -49,6 +48,7 @@ from .hub_data import (
 from .hub_json import from_json, to_json
 from .model_card import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, model_card
 from .payload import decode, to_builtin
+from .runtime import compute_latent, get_payload, load_model, model_data
 
 if TYPE_CHECKING:
     from mudata import MuData

@@ -26,7 +26,8 @@ from anndata import AnnData
 from ..data._format import str_list
 from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
 from ..data.registry import extract_registered_data
-from ..tl._common import (
+from .minified import MINIFIED_KEY, field_names, require_counts, write_posterior
+from .runtime import (
     LoadedModel,
     compute_latent,
     inference_device,
@@ -35,7 +36,6 @@ from ..tl._common import (
     model_data,
     run_inference,
 )
-from .minified import MINIFIED_KEY, field_names, require_counts, write_posterior
 
 DATA_FILE = "adata.h5ad"
 #: The data file of a model trained on a MuData (totalVI): the same, as a MuData.

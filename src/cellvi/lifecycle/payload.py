@@ -1,8 +1,9 @@
 """Trained models as plain ``.uns`` content: arrays, strings and numbers, never a pickle.
 
 A payload is a dict with ``encoding-type`` ``"cellvi-model"`` and an ``encoding-version``.
-One small codec per model family turns a trained module into such a dict and back; codecs are
-chosen from a registry by the payload's ``model`` field (see ``docs/payload.md``).
+The payload's ``model`` field names the model family (:mod:`cellvi.families`); the family's
+``build`` rebuilds the untrained module from the stored params and registry, and the weights
+are loaded into it (see ``docs/payload.md``).
 
 The weights are a safetensors blob stored as a ``uint8`` array, so they come back bit for bit
 after ``write_h5ad``/``read_h5ad`` and loading them never runs code.
@@ -10,8 +11,7 @@ after ``write_h5ad``/``read_h5ad`` and loading them never runs code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,28 +19,11 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ..families import family_names, get_family
+
 ENCODING_TYPE = "cellvi-model"
 PAYLOAD_VERSION = "1.1.0"  # 1.1: optional ``partial`` (training stopped early)
 SUPPORTED_MAJOR = 1
-
-
-@dataclass
-class Codec:
-    """How one model family is rebuilt: ``build(payload) -> torch.nn.Module``.
-
-    ``build`` receives the payload with numpy values already turned into Python ones.
-    """
-
-    model: str
-    build: Callable[[dict[str, Any]], torch.nn.Module]
-
-
-_CODECS: dict[str, Codec] = {}
-
-
-def register_codec(codec: Codec) -> None:
-    """Make a model family storable in ``.uns``."""
-    _CODECS[codec.model] = codec
 
 
 def weights_to_array(module: torch.nn.Module) -> np.ndarray:
@@ -86,8 +69,7 @@ def encode(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Build the ``.uns`` payload of a trained module."""
-    if model not in _CODECS:
-        raise KeyError(f"No codec registered for model {model!r}; known: {sorted(_CODECS)}.")
+    get_family(model)  # an error naming the known families
     payload = {
         "encoding-type": ENCODING_TYPE,
         "encoding-version": PAYLOAD_VERSION,
@@ -132,21 +114,23 @@ def check_payload(payload: Any, key: str) -> None:
         raise ValueError(
             f"`.uns[{key!r}]` is missing {missing}; the payload is corrupted or truncated, {hint}."
         )
-    if payload["model"] not in _CODECS:
+    if str(payload["model"]) not in family_names():
         raise ValueError(
             f"`.uns[{key!r}]` holds a {payload['model']!r} model, which this "
-            f"version of cellvi cannot rebuild (known: {sorted(_CODECS)})."
+            f"version of cellvi cannot rebuild (known: {family_names()}); a custom family must "
+            "be registered with `cv.families.register_family` before its models are loaded."
         )
 
 
 def decode(payload: Mapping[str, Any], key: str) -> torch.nn.Module:
     """Rebuild the trained module from a payload, with bit-identical weights."""
     check_payload(payload, key)
-    codec = _CODECS[str(payload["model"])]
+    family = get_family(str(payload["model"]))
     try:
         # the initial weights are replaced below: drawing them must not move the global RNG
         with torch.random.fork_rng(devices=[]):
-            module = codec.build(to_builtin({k: v for k, v in payload.items() if k != "weights"}))
+            plain = to_builtin({k: v for k, v in payload.items() if k != "weights"})
+            module = family.build(plain["params"], plain["registry"], len(plain["var_names"]))
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ValueError(
             f"The model in `.uns[{key!r}]` cannot be rebuilt from its params, registry and "

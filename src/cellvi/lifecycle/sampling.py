@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..tl._common import run_inference
+from .runtime import run_inference
 
 #: Upper bound on ``n_samples x cells x genes`` entries drawn at once, to bound memory.
 MAX_DRAWN_ENTRIES = 2**24

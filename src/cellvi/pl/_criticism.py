@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from ..tl._criticism import criticism as compute_criticism
-from ..tl._criticism import model_keys
+from ..lifecycle.criticism_run import criticism as compute_criticism
+from ..lifecycle.criticism_run import model_keys
 
 
 @dataclass(frozen=True)

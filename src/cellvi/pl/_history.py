@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from ..tl._common import get_payload
+from ..lifecycle.runtime import get_payload
 
 _PANELS = (
     ("elbo", "ELBO per cell"),

@@ -3,10 +3,11 @@
 import importlib
 from typing import Any
 
-from ._criticism import criticism
+from ..lifecycle.criticism_run import criticism
 from ._de import differential_expression
 from ._de_results import differential_expression_df
 from ._evaluate import scvi_evaluate
+from ._generic import embed, evaluate, normalize
 from ._latent import latent_posterior
 from ._map_query import map_query
 from ._marginal_ll import marginal_ll
@@ -15,15 +16,19 @@ from ._scvi_apply import scvi_embed, scvi_normalize
 from ._scvi_train import scvi_train
 from ._totalvi_apply import totalvi_denoise, totalvi_embed, totalvi_evaluate
 from ._totalvi_train import totalvi_train
+from ._train import train
 
 __all__ = [
     "criticism",
     "differential_expression",
     "differential_expression_df",
+    "embed",
+    "evaluate",
     "latent_posterior",
     "likelihood_parameters",
     "map_query",
     "marginal_ll",
+    "normalize",
     "posterior_predictive",
     "scvi_embed",
     "scvi_evaluate",
@@ -33,6 +38,7 @@ __all__ = [
     "totalvi_embed",
     "totalvi_evaluate",
     "totalvi_train",
+    "train",
     "tune",
 ]
 

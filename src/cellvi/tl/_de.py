@@ -18,12 +18,12 @@ from .._settings import settings
 from ..analysis.bayes_de import MODES, de_statistics, expected_fdr
 from ..analysis.de_sampling import cells_for_draws, concat_draws, decode_draws, encode_draws
 from ..data.loader import TensorData
+from ..families import Capability
 from ..lifecycle.minified import stored_posterior
-from ._common import inference_device, load_model
-from ._de_inputs import DEInputs, totalvi_inputs
+from ..lifecycle.modalities import registered_counts
+from ..lifecycle.runtime import inference_device, load_model
+from ._de_inputs import DEInputs, protein_inputs
 from ._de_results import rank_genes_groups_layout
-from ._modalities import registered_counts
-from ._model_kind import require_model
 
 logger = logging.getLogger("cellvi")
 
@@ -106,7 +106,7 @@ def differential_expression(
     pseudocount: float | None = None,
     seed: int | None = None,
     batch_size: int = 1024,
-    key_added: str = "rank_genes_groups_scvi",
+    key_added: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Bayesian differential expression from the posterior of the model in ``adata.uns[key]``.
@@ -190,8 +190,9 @@ def differential_expression(
     start = time.perf_counter()
     _check_args(mode, delta, fdr_target, n_samples, pseudocount)
     model = load_model(adata, key)
-    kind = require_model(model, ("scvi", "totalvi"), "differential_expression")
-    inputs = totalvi_inputs(adata, model, groupby) if kind == "totalvi" else None
+    family = model.require(Capability.DE, "cv.tl.differential_expression")
+    key_added = f"rank_genes_groups_{key}" if key_added is None else key_added
+    inputs = protein_inputs(adata, model, groupby) if family.has_proteins else None
     grouping = _grouping(adata.obs if inputs is None else inputs.obs, groupby, groups, reference)
     if inputs is None:
         registered, _, tensors = registered_counts(adata, model)

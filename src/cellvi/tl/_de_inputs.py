@@ -11,8 +11,8 @@ from scipy import sparse
 
 from ..data._mudata import is_mudata, rna_anndata
 from ..data.loader import TensorData
-from ._common import LoadedModel
-from ._modalities import registered_counts
+from ..lifecycle.modalities import registered_counts
+from ..lifecycle.runtime import LoadedModel
 
 #: Prefix of protein names in totalVI DE results.
 PROTEIN_PREFIX = "protein:"
@@ -48,7 +48,7 @@ class DEInputs:
         }
 
 
-def totalvi_inputs(data, model: LoadedModel, groupby: str) -> DEInputs:
+def protein_inputs(data, model: LoadedModel, groupby: str) -> DEInputs:
     """RNA + protein inputs of a MuData (or AnnData with ``.obsm`` proteins); ``groupby`` is
     looked up in the MuData's ``.obs``, then in the RNA modality's."""
     proteins = model.protein_names

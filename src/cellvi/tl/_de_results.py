@@ -55,7 +55,7 @@ def rank_genes_groups_layout(
 
 
 def differential_expression_df(
-    adata: AnnData, group: str | list[str] | None = None, *, key: str = "rank_genes_groups_scvi"
+    adata: AnnData, group: str | list[str] | None = None, *, key: str | None = None
 ) -> pd.DataFrame:
     """All per-gene statistics of :func:`~cellvi.tl.differential_expression` as a table.
 
@@ -66,7 +66,8 @@ def differential_expression_df(
     group
         Group(s) to return (``None``: all).
     key
-        ``key_added`` of the DE run.
+        ``key_added`` of the DE run (default ``"rank_genes_groups_" + model key``): ``None``
+        takes the only cellvi DE result in ``adata.uns``.
 
     Returns
     -------
@@ -79,6 +80,8 @@ def differential_expression_df(
     ``pct_nz_reference`` (fraction of cells with a non-zero count). For a totalVI model a
     ``modality`` column (``"rna"`` or ``"protein"``) follows ``group``.
     """
+    if key is None:
+        key = _only_result(adata)
     if key not in adata.uns or "proba_de" not in adata.uns[key]:
         raise KeyError(
             f"No cellvi differential expression at adata.uns[{key!r}]; run "
@@ -107,3 +110,17 @@ def differential_expression_df(
     out["group"] = pd.Categorical(out["group"], categories=groups)
     out["is_de_fdr"] = out["is_de_fdr"].astype(bool)
     return out
+
+
+def _only_result(adata: AnnData) -> str:
+    """The key of the one cellvi DE result in ``adata.uns`` (an error when none or several)."""
+    found = [
+        k
+        for k, v in adata.uns.items()
+        if str(k).startswith("rank_genes_groups_") and isinstance(v, dict) and "proba_de" in v
+    ]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        return "rank_genes_groups_scvi"  # the error below names the call to run
+    raise ValueError(f"adata.uns holds several cellvi DE results {found}; pass key=one of them.")

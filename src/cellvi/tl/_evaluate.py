@@ -7,8 +7,9 @@ import torch
 from anndata import AnnData
 
 from ..data.loader import MinibatchLoader, TensorData
+from ..families import Capability
 from ..lifecycle.minified import require_counts
-from ._common import inference_device, load_model, model_data
+from ..lifecycle.runtime import inference_device, load_model, model_data
 
 
 @torch.inference_mode()
@@ -84,5 +85,7 @@ def scvi_evaluate(
     from the prior, latent and library), and ``n_cells``.
     """
     require_counts(adata, key, "cv.tl.scvi_evaluate")
-    model = load_model(adata if model_from is None else model_from, key)
+    source = adata if model_from is None else model_from
+    model = load_model(source, key)
+    model.family.require_verb("cv.tl.scvi_evaluate", Capability.EVALUATE, key=key)
     return evaluate_module(model.module, model_data(adata, model), seed=seed, batch_size=batch_size)

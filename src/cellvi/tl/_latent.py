@@ -11,8 +11,8 @@ from anndata import AnnData
 
 from .._settings import settings
 from ..analysis.posterior import draw_gaussian, encode, to_latent
-from ._common import inference_device, load_model, minibatches, model_data
-from ._model_kind import require_model
+from ..families import Capability
+from ..lifecycle.runtime import inference_device, load_model, minibatches, model_data
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -77,7 +77,7 @@ def latent_posterior(
     if int(n_samples) < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}.")
     model = load_model(adata if model_from is None else model_from, key)
-    require_model(model, ("scvi", "totalvi"), "latent_posterior")
+    model.require(Capability.EMBED, "cv.tl.latent_posterior")
     data = model_data(adata, model)
     seed = settings.seed if seed is None else int(seed)
     result = _posterior(model.module, data, int(n_samples), seed, batch_size)

@@ -14,13 +14,13 @@ from anndata import AnnData
 from .._settings import settings
 from ..analysis.surgery import frozen_except
 from ..data._mudata import rna_anndata
+from ..families import Capability
 from ..lifecycle.payload import encode
+from ..lifecycle.runtime import compute_latent, load_model
 from ..train.plan import TrainingPlan
 from ..train.trainer import default_max_epochs, fit, resolve_precision
 from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
-from ._common import compute_latent, load_model
-from ._model_kind import require_model
 from ._query import gene_overlap, genes_match, prepare_scvi
 from ._query_totalvi import check_layout, prepare_totalvi
 
@@ -136,17 +136,17 @@ def map_query(
     """
     start = time.perf_counter()
     model = load_model(reference, key)
-    kind = require_model(model, ("scvi", "totalvi"), "map_query")
+    family = model.require(Capability.MAP_QUERY, "cv.tl.map_query")
     overlap = _check(model, query, copy, min_gene_overlap, max_epochs)
     seed = settings.seed if seed is None else int(seed)
-    if kind == "totalvi":
+    if family.has_proteins:
         prepared = prepare_totalvi(model, query, overlap, copy=copy, seed=seed)
     else:
         prepared = prepare_scvi(model, query, overlap)
     registry, data = prepared.registry, prepared.data
     n_old = int(model.registry["n_batch"])
     module, history = _train(
-        model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, kind
+        model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, family
     )
     latent = compute_latent(module, data)
     record = {
@@ -159,7 +159,7 @@ def map_query(
         **prepared.record,
     }
     payload = encode(
-        kind,
+        family.name,
         module.cpu(),
         params=model.params,
         extra={
@@ -185,7 +185,7 @@ def map_query(
     return target if copy else None
 
 
-def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, kind):
+def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, family):
     """The extended reference model trained on the query (only the new rows when frozen).
 
     A reference trained with an adversarial batch classifier is fine-tuned without one: the
@@ -221,7 +221,7 @@ def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerato
             generator=generator,
             accelerator=accelerator,
             progress_bar=settings.progress_bar,
-            description=f"{'totalVI' if kind == 'totalvi' else 'scVI'} query",
+            description=f"{family.title} query",
             precision=resolve_precision("auto", accelerator),
         )
     return plan.module.cpu().eval(), plan.history

@@ -13,9 +13,9 @@ from anndata import AnnData
 from .._settings import settings
 from ..analysis.posterior import log_importance_weights
 from ..data.loader import MinibatchLoader
+from ..families import Capability
 from ..lifecycle.minified import require_counts
-from ._common import inference_device, load_model, model_data
-from ._model_kind import require_model
+from ..lifecycle.runtime import inference_device, load_model, model_data
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -75,7 +75,7 @@ def marginal_ll(
     if int(n_mc_samples) < 1:
         raise ValueError(f"n_mc_samples must be >= 1, got {n_mc_samples}.")
     model = load_model(adata if model_from is None else model_from, key)
-    require_model(model, ("scvi", "totalvi"), "marginal_ll")
+    model.require(Capability.MARGINAL_LL, "cv.tl.marginal_ll")
     require_counts(adata, key, "cv.tl.marginal_ll")
     data = model_data(adata, model)
     seed = settings.seed if seed is None else int(seed)

@@ -9,6 +9,13 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from ..lifecycle.modalities import (
+    check_protein_obsm_name,
+    is_multimodal,
+    rna_target,
+    write_protein,
+)
+from ..lifecycle.runtime import inference_device, load_model, minibatches, model_data
 from ..lifecycle.sampling import (
     cells_per_pass,
     check_library_size,
@@ -17,13 +24,6 @@ from ..lifecycle.sampling import (
     draw_modalities,
     has_proteins,
     seeded,
-)
-from ._common import inference_device, load_model, minibatches, model_data
-from ._modalities import (
-    check_protein_obsm_name,
-    is_totalvi,
-    rna_target,
-    write_protein,
 )
 from ._scvi_apply import _batch_codes
 
@@ -288,7 +288,7 @@ def likelihood_parameters(
         "library_size": library_size,
         "gene_likelihood": str(model.params.get("gene_likelihood", "zinb")),
     }
-    if is_totalvi(model):
+    if is_multimodal(model):
         params["protein_likelihood"] = "nb_mixture"
     adata = adata.copy() if copy else adata
     written = _write_parameters(adata, model, key_added, layers)

@@ -16,7 +16,8 @@ from ..data._fields import count_matrix, obs_column
 from ..data._format import str_array, str_list
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
-from ..models.scvi_codec import build_module as scvi_module
+from ..data.tensors import tensor_data
+from ..families.scvi import build_module as scvi_module
 
 #: ``.var`` column marking genes the query lacked (all-zero columns added for the model).
 PADDED_COLUMN = "cellvi_padded"
@@ -127,9 +128,7 @@ def prepare_scvi(model, query: AnnData, overlap: float) -> PreparedQuery:
     )
     keep_labels = model.params.get("dispersion") == "gene-label"
     registry = extend_registry(model.registry, target, keep_labels=keep_labels)
-    data = TensorData.from_registered(
-        extract_registered_data(target, registry, var_names=model.var_names)
-    )
+    data = tensor_data(extract_registered_data(target, registry, var_names=model.var_names))
     module = scvi_module(model.params, registry, len(model.var_names))
     masks = transplant(model.module, module, int(model.registry["n_batch"]))
     module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))

@@ -27,9 +27,9 @@ from ..data._mudata import (
     rna_anndata,
 )
 from ..data._protein_loader import ProteinTensorData, protein_tensor_data
+from ..families.totalvi import build_module
 from ..models._protein_prior import empirical_background_prior
 from ..models.totalvi import DEFAULT_PRIOR_MEAN, DEFAULT_PRIOR_STD
-from ..models.totalvi_codec import build_module
 from ._query import PADDED_COLUMN, PreparedQuery, align_genes, extend_registry, genes_match
 
 

@@ -10,15 +10,16 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..lifecycle.sampling import check_library_size
-from ._common import (
-    compute_latent,
+from ..families import Capability
+from ..lifecycle.runtime import (
+    LoadedModel,
     inference_device,
-    load_model,
     minibatches,
     model_data,
     run_inference,
 )
+from ..lifecycle.sampling import check_library_size
+from ._load import load_for, write_embedding
 
 logger = logging.getLogger("cellvi")
 
@@ -53,12 +54,11 @@ def scvi_embed(
     -------
     ``None`` or a copy; sets ``adata.obsm["X_" + key_added]`` (posterior means).
     """
-    model = load_model(adata if model_from is None else model_from, key)
-    latent = compute_latent(model.module, model_data(adata, model), batch_size)
-    adata = adata.copy() if copy else adata
-    adata.obsm[f"X_{key_added or key}"] = latent
-    logger.info(f"    added 'X_{key_added or key}' (adata.obsm)")
-    return adata if copy else None
+    source = adata if model_from is None else model_from
+    model = load_for(source, key, Capability.EMBED, "cv.tl.scvi_embed", family_verb=True)
+    return write_embedding(
+        adata, model, key_added=key_added or key, batch_size=batch_size, copy=copy
+    )
 
 
 def _batch_codes(model, transform_batch: str | Sequence[str] | None) -> list[int] | None:
@@ -140,10 +140,30 @@ def scvi_normalize(
     ``None`` or a copy; sets ``adata.layers[layer_added]``, a dense float32
     ``(n_cells, n_genes)`` array.
     """
+    model = load_for(adata, key, Capability.NORMALIZE, "cv.tl.scvi_normalize", family_verb=True)
+    return normalized_expression(adata, model, key=key, layer_added=layer_added,
+                                 transform_batch=transform_batch, library_size=library_size,
+                                 n_samples=n_samples, batch_size=batch_size, seed=seed, copy=copy)  # fmt: skip
+
+
+def normalized_expression(
+    adata: AnnData,
+    model: LoadedModel,
+    *,
+    key: str,
+    layer_added: str | None = None,
+    transform_batch: str | Sequence[str] | None = None,
+    library_size: float | str = 1e4,
+    n_samples: int = 1,
+    batch_size: int = 1024,
+    seed: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """:func:`scvi_normalize` on a loaded model (any family whose module decodes RNA scales
+    with ``log_scale``)."""
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
     check_library_size(library_size)
-    model = load_model(adata, key)
     codes = _batch_codes(model, transform_batch)
     data = model_data(adata, model)
     device = inference_device(model.module)

@@ -1,73 +1,17 @@
-"""``cv.tl.scvi_train``: train scVI on registered data, leave latent and model in the AnnData."""
+"""``cv.tl.scvi_train``: train scVI on registered data, leave latent and model in the AnnData
+(the shared training path of :mod:`cellvi.tl._train` with scVI's options spelled out)."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import time
-import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 from anndata import AnnData
 
-from .._settings import settings
-from ..data.backed import counts_on_disk
-from ..data.loader import TensorData, train_validation_split
-from ..data.registry import extract_registered_data, get_registry
-from ..lifecycle.payload import encode
-from ..models.scvi_codec import build_module
-from ..train.checkpoint import CheckpointSetup, prepare_checkpoint
-from ..train.interrupt import TrainingInterrupted, deferred_interrupt
-from ..train.plan import NonFiniteLossError, TrainingPlan
-from ..train.trainer import (
-    default_kl_warmup,
-    default_max_epochs,
-    fit,
-    resolve_devices,
-    resolve_precision,
-)
-from ..utils.distributed import is_main_process
-from ..utils.seeding import seed_everything
-from ..utils.session import session_report, versions
-from ._common import compute_latent
-from ._evaluate import evaluate_module
-
-logger = logging.getLogger("cellvi")
-
-
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-#: Arguments that say how to run the training, not what to train: not recorded in ``params``.
-RUN_OPTIONS = ("checkpoint_dir", "checkpoint_every", "resume", "callbacks")
-
-
-def _check_training_args(
-    max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup, needs_validation, precision
-) -> None:
-    if needs_validation and train_size >= 1.0:
-        raise ValueError(
-            "early_stopping and reduce_lr_on_plateau need validation cells to watch the validation "
-            "ELBO, but train_size=1.0 leaves none: use train_size < 1 (default 0.9)."
-        )
-    if max_epochs is not None and int(max_epochs) < 1:
-        raise ValueError(
-            f"max_epochs must be a positive integer (or None for the default "
-            f"based on the number of cells), got {max_epochs}."
-        )
-    if int(batch_size) < 2:
-        raise ValueError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}.")
-    if not 0.0 < train_size <= 1.0:
-        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not valid; choose one of {list(PRECISIONS)}.")
-    if n_epochs_kl_warmup is not None and n_epochs_kl_warmup < 0:
-        raise ValueError(f"n_epochs_kl_warmup must be >= 0, got {n_epochs_kl_warmup}.")
+from ..families import get_family, register_trainer
+from ._train import RUN_OPTIONS, train_family
 
 
 def scvi_train(
@@ -212,177 +156,10 @@ def scvi_train(
         it holds the weights of the last completed epoch, and ``KeyboardInterrupt`` is raised
         after it is written.
     """
-    params = {k: v for k, v in locals().items() if k not in ("adata", "copy", *RUN_OPTIONS)}
-    start = time.perf_counter()
-    _check_training_args(
-        max_epochs,
-        batch_size,
-        lr,
-        train_size,
-        n_epochs_kl_warmup,
-        early_stopping or reduce_lr_on_plateau,
-        precision,
-    )
-    resolve_devices(devices, strategy, num_nodes)
-    if copy and counts_on_disk(adata):
-        raise ValueError(
-            "copy=True would load the whole matrix on disk into memory: train the backed AnnData "
-            "itself (results go to its .obsm and .uns), or load it with `adata.to_memory()`."
-        )
-    registry = get_registry(adata)
-    seed = settings.seed if seed is None else int(seed)
-    generator = seed_everything(seed)
-    # options are checked by building the module before anything is trained or written
-    module = build_module(params, registry, adata.n_vars)
-    registered = extract_registered_data(adata, registry)
-    data = TensorData.from_registered(registered)
-    module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))
-    module.library_log_vars.copy_(torch.as_tensor(registry["library_log_vars"]).clamp(min=1e-4))
-    max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
-    warmup = default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
-    precision = resolve_precision(precision, accelerator)
-    params.update(
-        max_epochs=max_epochs, n_epochs_kl_warmup=int(warmup), seed=seed, precision=precision
-    )
-    train_idx, val_idx = train_validation_split(data.n_cells, train_size, generator)
-    checkpoint = _checkpoint_setup(
-        checkpoint_dir, checkpoint_every, resume, params, adata, registry
-    )
-    logger.info(
-        f"training scVI on {data.n_cells:,} cells x {data.n_vars:,} genes "
-        f"({len(val_idx):,} held out for validation), {max_epochs} epochs"
-    )
-    plan = TrainingPlan(
-        module,
-        lr=lr,
-        weight_decay=weight_decay,
-        n_epochs_kl_warmup=int(warmup),
-        reduce_lr_on_plateau=reduce_lr_on_plateau,
-        gradient_clip_val=gradient_clip_val,
-    )
-    try:
-        fit(
-            plan,
-            data,
-            train_indices=train_idx,
-            validation_indices=val_idx,
-            batch_size=batch_size,
-            max_epochs=max_epochs,
-            generator=generator,
-            early_stopping=early_stopping,
-            early_stopping_patience=early_stopping_patience,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            accelerator=accelerator,
-            devices=devices,
-            progress_bar=settings.progress_bar,
-            description=f"scVI ({key_added})",
-            precision=precision,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            callbacks=callbacks,
-            checkpoint=checkpoint,
-        )
-    except TrainingInterrupted:
-        interrupted, partial = True, _keep_last_epoch(plan, "interrupted", max_epochs)
-    except NonFiniteLossError as err:
-        if plan.last_good_state is not None:  # the plan restored the last finite epoch's weights
-            partial = {"reason": "non-finite loss", **_epochs(plan, max_epochs)}
-            payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
-            _attach(err, payload, key_added)
-        raise
-    else:
-        interrupted, partial = False, None
-    if not is_main_process():
-        logger.info("    trained; results are kept by the process of global rank 0 only")
-        return None
-    module = plan.module.cpu().eval()
-    latent = compute_latent(module, data)
-    payload = _payload(plan, data, adata, registry, params, val_idx, start, partial)
-    adata = adata.copy() if copy else adata
-    with deferred_interrupt():  # both fields or neither, whatever the user presses
-        adata.obsm[f"X_{key_added}"] = latent
-        adata.uns[key_added] = payload
-    logger.info(
-        f"    finished in {time.perf_counter() - start:.1f}s: added 'X_{key_added}' "
-        f"(adata.obsm) and the model (adata.uns[{key_added!r}])"
-    )
-    if interrupted:  # after writing what was kept, Ctrl-C still stops the caller's script
-        _warn_partial(partial, key_added)
-        raise KeyboardInterrupt
-    return adata if copy else None
+    given = locals()
+    params = {k: v for k, v in given.items() if k not in ("adata", "copy", *RUN_OPTIONS)}
+    run = {k: given[k] for k in RUN_OPTIONS}
+    return train_family(get_family("scvi"), adata, params, run, copy=copy)
 
 
-def _attach(err: NonFiniteLossError, payload: dict[str, Any], key_added: str) -> None:
-    """Hand the model of the last finite epoch to the caller on the error."""
-    err.payload = payload
-    err.args = (
-        f"{err.args[0]} The model of that epoch is attached to this error: "
-        f"`adata.uns[{key_added!r}] = err.payload` stores it (marked partial).",
-    )
-
-
-def _warn_partial(partial: dict | None, key_added: str) -> None:
-    if partial is not None:
-        done, total = partial["epochs_completed"], partial["max_epochs"]
-        warnings.warn(
-            f"Training was interrupted after {done} of {total} epochs; the model of epoch "
-            f"{done} is in adata.uns[{key_added!r}], marked partial.",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
-def _payload(plan, data, adata, registry, params, val_idx, start, partial) -> dict[str, Any]:
-    """The ``.uns`` payload of the trained (or partially trained) module."""
-    module = plan.module.cpu().eval()
-    extra = {
-        "registry": registry,
-        "var_names": np.asarray(adata.var_names, dtype=str),
-        "history": {k: np.asarray(v, dtype=np.float64) for k, v in plan.history.items()},
-        "validation_indices": val_idx.astype(np.int64),
-        "metrics": _final_metrics(module, data, val_idx, params["seed"]),
-        "training_time_s": float(time.perf_counter() - start),
-        "versions": versions(),
-        "session_info": session_report(),
-        "partial": partial,  # None (left out) for a complete training
-    }
-    return encode("scvi", module, params=params, extra=extra)
-
-
-def _epochs(plan: TrainingPlan, max_epochs: int) -> dict[str, int]:
-    return {"epochs_completed": len(plan.history.get("epoch", [])), "max_epochs": max_epochs}
-
-
-def _keep_last_epoch(plan: TrainingPlan, reason: str, max_epochs: int) -> dict | None:
-    """After Ctrl-C: back to the weights of the last completed epoch, or re-raise if none."""
-    epochs = _epochs(plan, max_epochs)
-    if epochs["epochs_completed"] >= max_epochs:
-        return None  # Ctrl-C came after the last step: the model is complete
-    if plan.last_good_state is None:
-        raise KeyboardInterrupt  # no epoch finished: nothing worth keeping, adata unchanged
-    plan.module.load_state_dict(plan.last_good_state)
-    return {"reason": reason, **epochs}
-
-
-def _checkpoint_setup(
-    checkpoint_dir, checkpoint_every, resume, params, adata, registry
-) -> CheckpointSetup | None:
-    if checkpoint_dir is None:
-        if resume:
-            raise ValueError("resume=True needs checkpoint_dir=<the folder of the checkpoint>.")
-        return None
-    digest = hashlib.sha1(usedforsecurity=False)
-    for values in (adata.var_names, registry["batch_categories"], registry["library_log_means"]):
-        digest.update(repr(np.asarray(values).tolist()).encode())
-    run = dict(params, n_cells=int(adata.n_obs), data_sha1=digest.hexdigest())
-    return prepare_checkpoint(
-        checkpoint_dir, every_n_epochs=checkpoint_every, resume=resume, run=run
-    )
-
-
-def _final_metrics(module, data: TensorData, val_idx: np.ndarray, seed: int) -> dict[str, Any]:
-    """Full (normalised) per-cell ELBO on the validation cells, when there are any."""
-    if len(val_idx) == 0:
-        return {}
-    result = evaluate_module(module, data, indices=val_idx, seed=seed)
-    return {f"{k}_validation": v for k, v in result.items()}
+register_trainer("scvi", scvi_train)

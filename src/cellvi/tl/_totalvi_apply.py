@@ -10,30 +10,20 @@ import pandas as pd
 import torch
 
 from ..data._mudata import is_mudata
+from ..families import Capability
 from ..lifecycle.minified import require_counts
-from ._common import (
+from ..lifecycle.runtime import (
     LoadedModel,
-    compute_latent,
     inference_device,
-    load_model,
     minibatches,
     model_data,
     run_inference,
 )
 from ._evaluate import evaluate_module
+from ._load import load_for, write_embedding
 from ._scvi_apply import _batch_codes
 
 logger = logging.getLogger("cellvi")
-
-
-def _load_totalvi(source, key: str) -> LoadedModel:
-    model = load_model(source, key)
-    if str(model.payload["model"]) != "totalvi":
-        raise ValueError(
-            f".uns[{key!r}] holds a {model.payload['model']!r} model, not totalVI; train one "
-            f"with `cv.tl.totalvi_train(mdata, key_added={key!r})`."
-        )
-    return model
 
 
 def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: str | None = None,
@@ -60,12 +50,11 @@ def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: st
     -------
     ``None`` or a copy; sets ``.obsm["X_" + key_added]`` (posterior means).
     """
-    model = _load_totalvi(mdata if model_from is None else model_from, key)
-    latent = compute_latent(model.module, model_data(mdata, model), batch_size)
-    mdata = mdata.copy() if copy else mdata
-    mdata.obsm[f"X_{key_added or key}"] = latent
-    logger.info(f"    added 'X_{key_added or key}' (.obsm)")
-    return mdata if copy else None
+    source = mdata if model_from is None else model_from
+    model = load_for(source, key, Capability.EMBED, "cv.tl.totalvi_embed", family_verb=True)
+    return write_embedding(
+        mdata, model, key_added=key_added or key, batch_size=batch_size, copy=copy
+    )
 
 
 @torch.inference_mode()
@@ -126,9 +115,27 @@ def totalvi_denoise(
     in ``.obsm``: ``adata.layers[key + "_denoised"]`` and the DataFrames
     ``adata.obsm[key + "_denoised_protein"]`` and ``adata.obsm[key + "_foreground_prob"]``.
     """
+    model = load_for(mdata, key, Capability.DENOISE_PROTEINS, "cv.tl.totalvi_denoise",
+                     family_verb=True)  # fmt: skip
+    return denoise(mdata, model, key=key, transform_batch=transform_batch,
+                   include_background=include_background, library_size=library_size,
+                   batch_size=batch_size, copy=copy)  # fmt: skip
+
+
+def denoise(
+    mdata,
+    model: LoadedModel,
+    *,
+    key: str,
+    transform_batch: str | Sequence[str] | None = None,
+    include_background: bool = False,
+    library_size: float = 1e4,
+    batch_size: int = 1024,
+    copy: bool = False,
+):
+    """:func:`totalvi_denoise` on a loaded model whose family denoises proteins."""
     if not (np.isfinite(library_size) and library_size > 0):
         raise ValueError(f"library_size must be a positive number, got {library_size!r}.")
-    model = _load_totalvi(mdata, key)
     codes = _batch_codes(model, transform_batch)
     data = model_data(mdata, model)
     device = inference_device(model.module)
@@ -191,5 +198,6 @@ def totalvi_evaluate(
     background), ``kl_z``, ``kl_background``; and ``n_cells``.
     """
     require_counts(mdata, key, "cv.tl.totalvi_evaluate")
-    model = _load_totalvi(mdata if model_from is None else model_from, key)
+    source = mdata if model_from is None else model_from
+    model = load_for(source, key, Capability.EVALUATE, "cv.tl.totalvi_evaluate", family_verb=True)
     return evaluate_module(model.module, model_data(mdata, model), seed=seed, batch_size=batch_size)

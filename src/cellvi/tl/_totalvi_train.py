@@ -3,52 +3,14 @@ the MuData (or AnnData with proteins in ``.obsm``)."""
 
 from __future__ import annotations
 
-import logging
-import time
+import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 
-from .._settings import settings
-from ..data._mudata import get_protein_registry, protein_names_of, rna_anndata
-from ..data._protein_loader import ProteinTensorData, protein_tensor_data
-from ..data.loader import train_validation_split
-from ..data.registry import REGISTRY_KEY
-from ..lifecycle.payload import encode
-from ..models._protein_prior import EMPIRICAL_PRIOR_MIN_PROTEINS, empirical_background_prior
-from ..models.totalvi import DEFAULT_PRIOR_MEAN, DEFAULT_PRIOR_STD, TOTALVIModule
-from ..models.totalvi_codec import build_module
-from ..train.adversarial import AdversarialTrainingPlan
-from ..train.plan import TrainingPlan
-from ..train.trainer import default_kl_warmup, default_max_epochs, fit, resolve_precision
-from ..utils.seeding import seed_everything
-from ..utils.session import session_report, versions
-from ._common import compute_latent
-from ._evaluate import evaluate_module
-from ._scvi_train import _check_training_args
-
-logger = logging.getLogger("cellvi")
-
-
-def _init_protein_prior(
-    module: TOTALVIModule, data: ProteinTensorData, mask: np.ndarray, empirical: bool, seed: int
-) -> None:
-    module.protein_batch_mask.copy_(torch.as_tensor(mask, dtype=torch.float32))
-    if not empirical:
-        return
-    means, stds = empirical_background_prior(
-        data.protein.numpy(),
-        data.batch.numpy(),
-        mask,
-        default_mean=DEFAULT_PRIOR_MEAN,
-        default_std=DEFAULT_PRIOR_STD,
-        seed=seed,
-    )
-    module.prior_back_mean.data.copy_(torch.as_tensor(means, dtype=torch.float32))
-    module.prior_back_log_std.data.copy_(torch.as_tensor(np.log(stds), dtype=torch.float32))
+from ..families import get_family, register_trainer
+from ._train import RUN_OPTIONS, train_family
 
 
 def totalvi_train(
@@ -85,6 +47,11 @@ def totalvi_train(
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
     callbacks: Sequence[pl.Callback] | None = None,
     copy: bool = False,
 ):
@@ -136,8 +103,10 @@ def totalvi_train(
         Clip gradient norms to this value.
     seed
         Random seed (``None``: ``cv.settings.seed``).
-    precision, accelerator, devices
-        As in :func:`cellvi.tl.scvi_train`.
+    precision, accelerator, devices, strategy, num_nodes
+        As in :func:`cellvi.tl.scvi_train` (several devices or nodes train with DDP).
+    checkpoint_dir, checkpoint_every, resume
+        Epoch checkpoints and exact resume, as in :func:`cellvi.tl.scvi_train`.
     callbacks
         Extra Lightning callbacks for the trainer (e.g. pruning in :func:`cellvi.tl.tune`).
     copy
@@ -152,90 +121,13 @@ def totalvi_train(
     ``.uns[key_added]``
         The model payload: ``params``, ``registry``, ``var_names`` (genes),
         ``protein_names``, ``weights``, ``history``, ``validation_indices``, ``metrics``,
-        ``versions``, ``session_info`` and the format version.
+        ``versions``, ``session_info`` and the format version. A model whose training was
+        stopped by Ctrl-C also has ``partial``, as in :func:`cellvi.tl.scvi_train`.
     """
-    params = {k: v for k, v in locals().items() if k not in ("mdata", "copy", "callbacks")}
-    start = time.perf_counter()
-    _check_training_args(
-        max_epochs, batch_size, lr, train_size, n_epochs_kl_warmup,
-        early_stopping or reduce_lr_on_plateau, precision,
-    )  # fmt: skip
-    registry = get_protein_registry(mdata, REGISTRY_KEY)
-    seed = settings.seed if seed is None else int(seed)
-    generator = seed_everything(seed)
-    var_names = np.asarray(rna_anndata(mdata, registry).var_names, dtype=str)
-    module = build_module(params, registry, len(var_names))
-    data = protein_tensor_data(mdata, registry, protein_names=protein_names_of(registry))
-    mask = np.asarray(registry["protein"]["protein_batch_mask"], dtype=np.uint8)
-    empirical = empirical_protein_background_prior
-    if empirical is None:
-        empirical = data.n_proteins > EMPIRICAL_PRIOR_MIN_PROTEINS
-    adversarial = bool(adversarial_classifier)
-    if adversarial_classifier is None:
-        adversarial = bool((mask == 0).any()) and int(registry["n_batch"]) > 1
-    _init_protein_prior(module, data, mask, bool(empirical), seed)
-    max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
-    warmup = default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
-    params.update(
-        max_epochs=max_epochs, n_epochs_kl_warmup=int(warmup), seed=seed,
-        precision=resolve_precision(precision, accelerator),
-        empirical_protein_background_prior=bool(empirical), adversarial_classifier=adversarial,
-    )  # fmt: skip
-    train_idx, val_idx = train_validation_split(data.n_cells, train_size, generator)
-    logger.info(
-        f"training totalVI on {data.n_cells:,} cells x {data.n_vars:,} genes + "
-        f"{data.n_proteins} proteins ({len(val_idx):,} held out), {max_epochs} epochs"
-    )
-    plan = _make_plan(module, params, adversarial, int(registry["n_batch"]))
-    fit(
-        plan, data, train_indices=train_idx, validation_indices=val_idx,
-        batch_size=batch_size, max_epochs=max_epochs, generator=generator,
-        early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
-        check_val_every_n_epoch=check_val_every_n_epoch, accelerator=accelerator,
-        devices=devices, progress_bar=settings.progress_bar,
-        description=f"totalVI ({key_added})", precision=params["precision"],
-        callbacks=callbacks,
-    )  # fmt: skip
-    module = plan.module.cpu().eval()
-    latent = compute_latent(module, data)
-    metrics = {}
-    if len(val_idx):
-        result = evaluate_module(module, data, indices=val_idx, seed=seed)
-        metrics = {f"{k}_validation": v for k, v in result.items()}
-    payload = encode(
-        "totalvi",
-        module.cpu(),
-        params=params,
-        extra={
-            "registry": registry,
-            "var_names": var_names,
-            "protein_names": np.asarray(protein_names_of(registry), dtype=str),
-            "history": {k: np.asarray(v, dtype=np.float64) for k, v in plan.history.items()},
-            "validation_indices": val_idx.astype(np.int64),
-            "metrics": metrics,
-            "training_time_s": float(time.perf_counter() - start),
-            "versions": versions(),
-            "session_info": session_report(),
-        },
-    )
-    mdata = mdata.copy() if copy else mdata
-    mdata.obsm[f"X_{key_added}"] = latent
-    mdata.uns[key_added] = payload
-    logger.info(
-        f"    finished in {time.perf_counter() - start:.1f}s: added 'X_{key_added}' (.obsm) "
-        f"and the model (.uns[{key_added!r}])"
-    )
-    return mdata if copy else None
+    given = locals()
+    params = {k: v for k, v in given.items() if k not in ("mdata", "copy", *RUN_OPTIONS)}
+    run = {k: given[k] for k in RUN_OPTIONS}
+    return train_family(get_family("totalvi"), mdata, params, run, copy=copy)
 
 
-def _make_plan(module, params: dict[str, Any], adversarial: bool, n_batch: int) -> TrainingPlan:
-    options = {
-        "lr": params["lr"],
-        "weight_decay": params["weight_decay"],
-        "n_epochs_kl_warmup": params["n_epochs_kl_warmup"],
-        "reduce_lr_on_plateau": params["reduce_lr_on_plateau"],
-        "gradient_clip_val": params["gradient_clip_val"],
-    }
-    if adversarial:
-        return AdversarialTrainingPlan(module, n_batch=n_batch, **options)
-    return TrainingPlan(module, **options)
+register_trainer("totalvi", totalvi_train)

@@ -5,14 +5,14 @@ The user-facing call is :func:`cellvi.tl.tune`; :func:`cellvi.pl.tune` draws its
 
 from ._callback import PruningCallback
 from ._integration import integration_score
-from ._models import METRICS, MODELS, TunableModel
+from ._models import METRICS, TunableModel, get_model
 from ._space import SearchSpace
 
 __all__ = [
     "METRICS",
-    "MODELS",
     "PruningCallback",
     "SearchSpace",
     "TunableModel",
+    "get_model",
     "integration_score",
 ]

@@ -10,7 +10,7 @@ import optuna
 import torch
 
 from ..data.loader import TensorData
-from ..tl._common import latent_mean, minibatches
+from ..lifecycle.runtime import latent_mean, minibatches
 from ..train.plan import NonFiniteLossError
 from ._integration import integration_score
 

@@ -1,6 +1,7 @@
 """What tuning needs to know about each model: its training function and default search space.
 
-Adding a model to :func:`cellvi.tl.tune` is one :class:`TunableModel` entry in :data:`MODELS`.
+Nothing here is per family: a registered family that declares ``Capability.TUNE`` and has a
+training function registered (``cellvi.families.register_trainer``) can be tuned.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from anndata import AnnData
 
 from ..data._mudata import get_protein_registry, is_mudata
 from ..data.registry import REGISTRY_KEY, get_registry
+from ..families import Capability, families, get_family, trainer
 
 
 def shared_anndata(adata: AnnData) -> AnnData:
@@ -124,58 +126,33 @@ _FINAL_KEYS = {
 }
 
 
-def _scvi() -> TunableModel:
-    from ..tl._scvi_train import scvi_train
-
-    return TunableModel(
-        train=scvi_train,
-        default_search_space={
-            "n_latent": ("int", 5, 30),
-            "n_hidden": ("cat", [64, 128, 256]),
-            "n_layers": ("int", 1, 3),
-            "dropout_rate": ("float", 0.0, 0.3),
-            "lr": ("float_log", 1e-4, 1e-2),
-            "gene_likelihood": ("cat", ["nb", "zinb"]),
-        },
-        history_keys=_HISTORY_KEYS,
-        final_keys=_FINAL_KEYS,
-    )
-
-
-def _totalvi() -> TunableModel:
-    from ..tl._totalvi_train import totalvi_train
-
-    return TunableModel(
-        train=totalvi_train,
-        default_search_space={
-            "n_latent": ("int", 5, 30),
-            "n_hidden": ("cat", [64, 128, 256]),
-            "n_layers_encoder": ("int", 1, 3),
-            "dropout_rate": ("float", 0.0, 0.3),
-            "lr": ("float_log", 1e-4, 1e-2),
-            "gene_likelihood": ("cat", ["nb", "zinb"]),
-            "protein_dispersion": ("cat", ["protein", "protein-batch"]),
-        },
-        history_keys=_HISTORY_KEYS,
-        final_keys=_FINAL_KEYS,
-        registry=lambda data: get_protein_registry(data, REGISTRY_KEY),
-        trial_data=shared_protein_data,
-        integration=False,
-    )
-
-
-#: Model name -> a function returning its entry (imported lazily: tl imports this package).
-MODELS: dict[str, Callable[[], TunableModel]] = {"scvi": _scvi, "totalvi": _totalvi}
-
-
 def get_model(name: str) -> TunableModel:
-    """The entry of ``name``, or an error listing the models that can be tuned."""
-    if name not in MODELS:
+    """What tuning needs for the family ``name``: its registered training function and the
+    default search space it declares (its tunable hyperparameters), or an error listing the
+    families that can be tuned."""
+    tunable = [f.name for f in families() if f.can(Capability.TUNE)]
+    if name not in tunable:
         raise ValueError(
-            f"model={name!r} cannot be tuned (not available in this version of cellvi); "
-            f"available: {sorted(MODELS)}."
+            f"model={name!r} cannot be tuned (no registered model family of that name declares "
+            f"the {Capability.TUNE!r} capability); available: {sorted(tunable)}."
         )
-    return MODELS[name]()
+    family = get_family(name)
+    if family.has_proteins:
+        return TunableModel(
+            train=trainer(name),
+            default_search_space=family.search_space(),
+            history_keys=_HISTORY_KEYS,
+            final_keys=_FINAL_KEYS,
+            registry=lambda data: get_protein_registry(data, REGISTRY_KEY),
+            trial_data=shared_protein_data,
+            integration=False,
+        )
+    return TunableModel(
+        train=trainer(name),
+        default_search_space=family.search_space(),
+        history_keys=_HISTORY_KEYS,
+        final_keys=_FINAL_KEYS,
+    )
 
 
 def get_metric(name: str) -> Metric:

@@ -14,6 +14,7 @@ from anndata import AnnData
 
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
+from ..data.tensors import tensor_data
 from ..train.plan import NonFiniteLossError
 from ._callback import HistoryReporter, IntegrationReporter, PruningCallback
 from ._integration import integration_score, subsample
@@ -47,7 +48,7 @@ class IntegrationCells:
                 f"metric='integration': the {len(indices)} subsampled cells need at least two "
                 "labels and two batches; raise n_cells_integration."
             )
-        data = TensorData.from_registered(registered)
+        data = tensor_data(registered)
         return cls(indices, data, registered.batch, registered.labels)
 
 

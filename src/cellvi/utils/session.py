@@ -24,7 +24,7 @@ def versions() -> dict[str, str]:
     names = ["cellvi", "torch", "lightning", "anndata", "scanpy", "numpy", "scipy"]
     out = {name: package_version(name) for name in names}
     if out["cellvi"] == "unknown":  # a source tree that was not pip-installed
-        from .. import __version__
+        from .._version import __version__
 
         out["cellvi"] = __version__
     out["python"] = platform.python_version()

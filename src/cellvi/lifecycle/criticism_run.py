@@ -14,12 +14,18 @@ from anndata import AnnData
 
 from ..data._fields import obs_column
 from ..data.loader import TensorData
-from ..lifecycle.criticism import PredictiveStatistics, observed_statistics
-from ..lifecycle.criticism_scores import summarize
-from ..lifecycle.minified import require_counts
-from ..lifecycle.sampling import cells_per_pass, check_n_samples, draw_modalities, seeded
-from ._common import LoadedModel, compute_latent, inference_device, load_model, minibatches
-from ._modalities import is_totalvi, registered_counts, rna_counts_view
+from .criticism import PredictiveStatistics, observed_statistics
+from .criticism_scores import summarize
+from .minified import require_counts
+from .modalities import is_multimodal, registered_counts, rna_counts_view
+from .runtime import (
+    LoadedModel,
+    compute_latent,
+    inference_device,
+    load_model,
+    minibatches,
+)
+from .sampling import cells_per_pass, check_n_samples, draw_modalities, seeded
 
 logger = logging.getLogger("cellvi")
 
@@ -108,7 +114,7 @@ def _observed_and_tensors(adata, model: LoadedModel) -> tuple[dict, TensorData]:
 def _predictive(model, data: TensorData, codes, n_groups, n_samples, seed, batch_size) -> dict:
     """Statistics of each modality's draws, ``{"rna": ..., "protein": ...}``."""
     sizes = {"rna": data.n_vars}
-    if is_totalvi(model):
+    if is_multimodal(model):
         sizes["protein"] = data.n_proteins
     stats = {
         name: PredictiveStatistics(data.n_cells, size, n_samples, codes, n_groups)
@@ -152,7 +158,7 @@ def _model_result(model, observed: dict, tensors, codes, names, args: dict) -> d
         "seed": args["seed"],
         "gene_likelihood": str(model.params.get("gene_likelihood", "zinb")),
     }
-    if not is_totalvi(model):
+    if not is_multimodal(model):
         return {**per_modality["rna"], "params": params}
     params |= {"modalities": np.asarray(list(per_modality), dtype=str),
                "protein_likelihood": "nb_mixture"}  # fmt: skip

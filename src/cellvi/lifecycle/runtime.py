@@ -1,4 +1,8 @@
-"""What every ``tl`` function that uses a trained model shares: find it, check data, run it."""
+"""The model runtime every tool shares: find a stored model, rebuild it, feed it data, run it.
+
+Family-agnostic: what differs between families (the module, the modalities it reads) is asked
+of the model's :class:`~cellvi.families.ModelFamily`.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from .._settings import settings
 from ..data._protein_loader import protein_tensor_data
 from ..data.loader import MinibatchLoader, TensorData
 from ..data.registry import extract_registered_data
-from ..lifecycle.minified import stored_inference, stored_posterior
-from ..lifecycle.payload import decode, to_builtin
+from ..data.tensors import tensor_data
+from ..families import ModelFamily, families, family_of
 from ..utils._memory import release_free_memory
+from .minified import stored_inference, stored_posterior
+from .payload import decode, to_builtin
 
 #: Minibatches between two returns of freed memory to the system in :func:`minibatches`.
 TRIM_EVERY = 16
@@ -33,8 +39,19 @@ class LoadedModel:
     registry: dict[str, Any]
     var_names: list[str]
     params: dict[str, Any]
-    #: The proteins of a totalVI model, in column order (empty for scVI).
+    #: The proteins of a model that reads them, in column order (empty otherwise).
     protein_names: list[str] = field(default_factory=list)
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model's family: what it reads and what it can do."""
+        return family_of(self.payload)
+
+    def require(self, capability: str, verb: str) -> ModelFamily:
+        """The family, after checking it has ``capability`` (a clear error otherwise)."""
+        family = self.family
+        family.require(capability, verb=verb, key=self.key)
+        return family
 
 
 def get_payload(adata: AnnData, key: str) -> dict[str, Any]:
@@ -46,9 +63,13 @@ def get_payload(adata: AnnData, key: str) -> dict[str, Any]:
             if isinstance(v, dict) and v.get("encoding-type") == "cellvi-model"
         ]
         found = f" Models found in .uns: {trained}." if trained else ""
+        train = "cv.tl.scvi_train"
+        for fam in families():
+            if fam.key_added == key and fam.train_verb:
+                train = fam.train_verb
         raise KeyError(
             f"No trained model at adata.uns[{key!r}]; train one first with "
-            f"`cv.tl.scvi_train(adata, key_added={key!r})`.{found}"
+            f"`{train}(adata, key_added={key!r})`.{found}"
         )
     return adata.uns[key]
 
@@ -82,13 +103,13 @@ def model_data(adata: AnnData, model: LoadedModel) -> TensorData:
     On minified data the stored latent posterior comes along (see
     :mod:`cellvi.lifecycle.minified`) and :func:`run_inference` uses it instead of the counts.
     """
-    if "protein" in model.registry:  # totalVI: RNA and protein counts (MuData or .obsm)
+    if model.family.has_proteins:  # RNA and protein counts (MuData, or proteins in .obsm)
         tensors = protein_tensor_data(
             adata, model.registry, var_names=model.var_names, protein_names=model.protein_names
         )
     else:
         data = extract_registered_data(adata, model.registry, var_names=model.var_names)
-        tensors = TensorData.from_registered(data)
+        tensors = tensor_data(data)
     return with_stored_posterior(tensors, adata, model.key)
 
 
@@ -129,7 +150,7 @@ def run_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool) -
     on minified data; with the protein counts ``y`` for a multimodal model)."""
     if "qz_m" in mb:
         return stored_inference(module, mb, deterministic=deterministic)
-    extra = {"y": mb["y"]} if "y" in mb else {}
+    extra = {"y": mb["y"]} if "y" in mb else {}  # protein counts, for a model that reads them
     return module.inference(
         mb["x"],
         mb["batch"],

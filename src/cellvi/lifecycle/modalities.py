@@ -19,24 +19,25 @@ from ..data._mudata import dense_protein_counts, is_mudata, rna_anndata
 from ..data._protein_loader import ProteinTensorData
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
-from ._common import LoadedModel, with_stored_posterior
+from ..data.tensors import tensor_data
+from .runtime import LoadedModel, with_stored_posterior
 
 
-def is_totalvi(model: LoadedModel) -> bool:
-    """Whether the model generates proteins as well as RNA."""
-    return str(model.payload["model"]) == "totalvi"
+def is_multimodal(model: LoadedModel) -> bool:
+    """Whether the model's family reads and generates proteins as well as RNA."""
+    return model.family.has_proteins
 
 
 def rna_target(data, model: LoadedModel) -> AnnData:
     """The AnnData that holds the model's RNA (the RNA modality itself, of a MuData)."""
-    if is_totalvi(model) and is_mudata(data):
+    if is_multimodal(model) and is_mudata(data):
         return data.mod[str(model.registry["protein"]["rna_modality"])]
     return data
 
 
 def rna_counts_view(data, model: LoadedModel) -> AnnData:
     """The RNA as an AnnData to read from, with the MuData's joint ``.obs`` columns."""
-    return rna_anndata(data, model.registry) if is_totalvi(model) else data
+    return rna_anndata(data, model.registry) if is_multimodal(model) else data
 
 
 def registered_counts(
@@ -47,8 +48,8 @@ def registered_counts(
     minified data."""
     view = rna_counts_view(data, model)
     rna = extract_registered_data(view, model.registry, var_names=model.var_names)
-    if not is_totalvi(model):
-        return rna, None, with_stored_posterior(TensorData.from_registered(rna), data, model.key)
+    if not is_multimodal(model):
+        return rna, None, with_stored_posterior(tensor_data(rna), data, model.key)
     spec = model.registry["protein"]
     protein, _ = dense_protein_counts(data, spec, expected_names=model.protein_names)
     tensors = ProteinTensorData.from_registered_with_proteins(rna, protein)
@@ -57,7 +58,7 @@ def registered_counts(
 
 def check_protein_obsm_name(data, model: LoadedModel, name: str) -> None:
     """Refuse an ``.obsm`` result name that would overwrite the model's protein counts."""
-    spec = model.registry.get("protein") if is_totalvi(model) else None
+    spec = model.registry.get("protein") if is_multimodal(model) else None
     if spec is None or is_mudata(data) or str(spec["source"]) != "obsm":
         return
     if name == str(spec["protein_obsm_key"]):
