@@ -158,14 +158,13 @@ def train(
             f"cv.tl.train(model={model!r}) got unknown options {sorted(unknown)}; the "
             f"{family.title} family takes {sorted(set(family.hyperparameters) | set(SHARED_OPTIONS))}."
         )
-    params = {**family.defaults(), **options}
+    defaults = family.defaults()
+    params = {**defaults, **options}
     given = locals()
     params.update({k: given[k] for k in SHARED_OPTIONS})
     params["key_added"] = key_added or family.key_added
-    params["lr"] = family.defaults().get("lr", 1e-3) if lr is None else lr
-    params["batch_size"] = (
-        family.defaults().get("batch_size", 128) if batch_size is None else batch_size
-    )
+    params["lr"] = defaults.get("lr", 1e-3) if lr is None else lr
+    params["batch_size"] = defaults.get("batch_size", 128) if batch_size is None else batch_size
     run = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every,
            "resume": resume, "callbacks": callbacks}  # fmt: skip
     return train_family(family, data, params, run, copy=copy)
