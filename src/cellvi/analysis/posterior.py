@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..distributions._mixture_likelihood import nb_mixture_log_likelihood
 from ..lifecycle.minified import stored_inference
-from ..models.scvi import SCVIModule, count_log_likelihood
+from ..models.scvi import SCVIModule, log_normal
 
 
 def encode(module: SCVIModule, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -60,7 +59,8 @@ def log_scale(
 
     ``batch_codes``: decode every row as if from each of these batches and average the
     proportions (``None``: each row's own batch), as ``cv.tl.scvi_normalize`` does with
-    ``transform_batch``. For totalVI the log denoised proteins follow the genes (columns).
+    ``transform_batch``. For a module that generates proteins the log denoised proteins follow
+    the genes (columns).
     """
     log_lib = torch.zeros(z.shape[0], device=z.device)  # proportions do not depend on it
     rest = (covariates["labels"], covariates["cat_covs"], covariates["cont_covs"])
@@ -74,19 +74,10 @@ def log_scale(
 
 
 def _log_features(module, gen: dict) -> torch.Tensor:
-    """scVI: log proportions of the genes. totalVI: the genes' log proportions, then the log
-    denoised protein expression (expected foreground counts, background removed)."""
-    if not hasattr(module, "protein_mean"):
-        return module.log_scale(gen).float()
-    rna = torch.log_softmax(gen["scale_logits"].float(), dim=-1)
-    # log(p_fore * exp(log_fore)), stable for saturated foreground probabilities
-    protein = F.logsigmoid(-gen["background_logits"].float()) + gen["log_fore"].float()
-    return torch.cat([rna, protein], dim=-1)
-
-
-def log_normal(x: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``log N(x; m, v)``, elementwise."""
-    return -0.5 * (math.log(2 * math.pi) + torch.log(v) + (x - m).square() / v)
+    """The module's ``log_features`` (every compared feature, e.g. genes then denoised
+    proteins) when it has them, else its genes' log proportions."""
+    features = getattr(module, "log_features", None)
+    return (module.log_scale(gen) if features is None else features(gen)).float()
 
 
 def log_importance_weights(
@@ -121,27 +112,8 @@ def log_importance_weights(
             log_w = log_w - log_normal(log_lib, post["ql_m"], post["ql_v"])
         else:
             log_lib = post["log_library"]
-        # totalVI's generative draws b ~ q(b | z) itself (its own non-deterministic path)
+        # a generative pass that draws latents of its own (e.g. a protein background) scores
+        # them in the module's log_joint, with their prior and proposal
         gen = module.generative(to_latent(module, u), log_lib, *covs)
-        if "y" in mb:
-            out.append(log_w + _totalvi_log_joint(module, mb, gen))
-        else:
-            out.append(log_w + module.log_likelihood(mb["x"], gen, mb))
+        out.append(log_w + module.log_joint(mb, gen))
     return torch.stack(out)
-
-
-def _totalvi_log_joint(module, mb: dict[str, torch.Tensor], gen: dict) -> torch.Tensor:
-    """``log p(x | z) + log p(y | z, b) + log p(b) - log q(b | z)`` per cell, for the draw
-    ``b = gen["log_back"]``, over the proteins measured in each cell's batch."""
-    mask = module.protein_batch_mask[mb["batch"]]
-    log_back = gen["log_back"].float()
-    prior_m = module.prior_back_mean[mb["batch"]]
-    prior_v = torch.exp(2.0 * module.prior_back_log_std)[mb["batch"]]
-    log_ratio = log_normal(log_back, prior_m, prior_v)
-    log_ratio = log_ratio - log_normal(log_back, gen["back_mean"], gen["back_std"].square())
-    rna = count_log_likelihood(module.gene_likelihood, mb["x"], gen, mb)
-    protein = nb_mixture_log_likelihood(
-        mb["y"], log_back, gen["log_fore"].float(), gen["protein_theta"],
-        gen["background_logits"].float(), mask,
-    )  # fmt: skip
-    return rna + protein + (log_ratio * mask).sum(-1)

@@ -78,7 +78,15 @@ class FamilyModule(Protocol):
     least ``qz_m``, ``qz_v`` (mean and variance of ``q(z | x)``), ``z`` (a sample, or the mean
     when ``deterministic``) and ``log_library``. ``generative`` maps ``z`` (and the library, the
     batch, the labels and covariates) to the parameters of the count distribution of each
-    modality. ``forward(mb, kl_weight)`` returns the loss terms per cell: an object with
+    modality; ``deterministic`` asks for the posterior mean of any latent it draws itself (a
+    protein background, say). ``count_distribution(gen)`` is the RNA distribution of those
+    parameters (a ``torch.distributions.Distribution``) and ``log_scale(gen)`` the log
+    expression proportions of each cell (normalised expression, DE); a module that generates
+    proteins adds ``protein_distribution(gen)`` and ``log_features(gen)`` (the genes' log
+    proportions, then the log denoised proteins). ``log_joint(mb, gen)`` is the importance-
+    sampling target per cell given the decoded latent: the log-likelihood of every modality,
+    plus log prior minus log proposal of any latent ``generative`` drew itself (marginal
+    likelihood and criticism use it). ``forward(mb, kl_weight)`` returns the loss terms per cell: an object with
     ``reconstruction``, ``kl_z``, ``kl_library`` and ``loss`` (the mean negative ELBO with the
     KL weighted by ``kl_weight``), and optionally ``parts``, a dict of further per-cell terms
     (e.g. one reconstruction per modality) that evaluation reports by name.
@@ -87,8 +95,14 @@ class FamilyModule(Protocol):
     def inference(self, x, batch, cat_covs, cont_covs, size_factor=None, *,
                   deterministic: bool = False, **modalities) -> dict[str, torch.Tensor]: ...  # fmt: skip
 
-    def generative(self, z, log_library, batch, labels, cat_covs, cont_covs,
-                   **kwargs) -> dict[str, torch.Tensor]: ...  # fmt: skip
+    def generative(self, z, log_library, batch, labels, cat_covs, cont_covs, *,
+                   deterministic: bool = False) -> dict[str, torch.Tensor]: ...  # fmt: skip
+
+    def count_distribution(self, gen: dict) -> torch.distributions.Distribution: ...
+
+    def log_scale(self, gen: dict) -> torch.Tensor: ...
+
+    def log_joint(self, mb: dict[str, torch.Tensor], gen: dict) -> torch.Tensor: ...
 
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> Any: ...
 
@@ -173,6 +187,16 @@ class ModelFamily:
         that trains with its own Lightning plan (``options`` are the shared ones: ``lr``,
         ``weight_decay``, ``n_epochs_kl_warmup``, ``reduce_lr_on_plateau``,
         ``gradient_clip_val``). ``None``: :class:`cellvi.train.plan.TrainingPlan`.
+    uses_labels
+        ``(params) -> bool``: whether a model with these ``params`` reads the registered labels
+        (e.g. a label-specific dispersion); query mapping then keeps the labels column
+        registered. ``None``: never.
+    init_query
+        Query-mapping hook ``(module, params, registry, tensors, n_old, seed) -> None``: in a
+        module built for the reference's batches plus a query's new ones (rows ``n_old`` on,
+        the reference's weights already transplanted), initialise what belongs to the new
+        batches as a fresh training run would (library-size priors, background priors, ...),
+        from the extended ``registry`` and the query's ``tensors``. ``None``: nothing to do.
     """
 
     name: str
@@ -189,6 +213,8 @@ class ModelFamily:
     read: Callable[[Any], TrainingData] | None = None
     prepare: Callable[[torch.nn.Module, TrainingData, dict[str, Any]], dict] | None = None
     make_plan: Callable[..., Any] | None = None
+    uses_labels: Callable[[dict[str, Any]], bool] | None = None
+    init_query: Callable[..., None] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - Capability.all()
@@ -204,6 +230,10 @@ class ModelFamily:
     def has_proteins(self) -> bool:
         """Whether its models read and generate protein counts as well as RNA."""
         return "protein" in self.modalities
+
+    def reads_labels(self, params: dict[str, Any]) -> bool:
+        """Whether a model with ``params`` reads the registered labels (see ``uses_labels``)."""
+        return bool(self.uses_labels(params)) if self.uses_labels is not None else False
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities

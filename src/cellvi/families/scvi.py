@@ -6,7 +6,7 @@ from typing import Any
 
 from ..models.scvi import SCVIModule
 from ._options import LR, data_shape, hyperparameters, module_options
-from ._rna import init_library_prior, rna_training_data
+from ._rna import init_library_prior, init_query_library_prior, rna_training_data
 from .contract import Capability, Hyperparameter, ModelFamily
 from .registry import register_family
 
@@ -19,6 +19,11 @@ def build_module(params: dict[str, Any], registry: dict[str, Any], n_vars: int) 
     options = {k: params[k] for k in MODULE_OPTIONS if k in params}
     shape = data_shape(registry, n_vars)
     return SCVIModule(shape.pop("n_input"), **shape, **options)
+
+
+def uses_labels(params: dict[str, Any]) -> bool:
+    """A label-specific dispersion reads the registered labels."""
+    return params.get("dispersion") == "gene-label"
 
 
 FAMILY = register_family(
@@ -52,5 +57,7 @@ FAMILY = register_family(
         data_hint="an AnnData",
         read=rna_training_data,
         prepare=init_library_prior,
+        uses_labels=uses_labels,
+        init_query=init_query_library_prior,
     )
 )

@@ -82,6 +82,33 @@ def make_plan(module, params: dict[str, Any], registry: dict[str, Any], **option
     return TrainingPlan(module, **options)
 
 
+def uses_labels(params: dict[str, Any]) -> bool:
+    """A label-specific gene or protein dispersion reads the registered labels."""
+    labels = {params.get("gene_dispersion"), params.get("protein_dispersion")}
+    return bool(labels & {"gene-label", "protein-label"})
+
+
+def init_query(module, params, registry, tensors, n_old: int, seed: int) -> None:
+    """The new batches' protein background prior, as a fresh training run would start it:
+    fitted to each new batch's own protein counts when the reference used the empirical prior,
+    the default prior otherwise; and the extended measured-protein mask of the registry."""
+    mask = np.asarray(registry["protein"]["protein_batch_mask"], dtype=np.uint8)
+    n_new = mask.shape[0] - n_old
+    means = np.full((n_new, mask.shape[1]), DEFAULT_PRIOR_MEAN)
+    stds = np.full((n_new, mask.shape[1]), DEFAULT_PRIOR_STD)
+    if params.get("empirical_protein_background_prior", False):
+        batch = tensors.batch.numpy()
+        new = batch >= n_old
+        means, stds = empirical_background_prior(
+            tensors.protein.numpy()[new], batch[new] - n_old, mask[n_old:],
+            default_mean=DEFAULT_PRIOR_MEAN, default_std=DEFAULT_PRIOR_STD, seed=seed,
+        )  # fmt: skip
+    with torch.no_grad():
+        module.prior_back_mean[n_old:] = torch.as_tensor(means, dtype=torch.float32)
+        module.prior_back_log_std[n_old:] = torch.as_tensor(np.log(stds), dtype=torch.float32)
+        module.protein_batch_mask.copy_(torch.as_tensor(mask, dtype=torch.float32))
+
+
 FAMILY = register_family(
     ModelFamily(
         name="totalvi",
@@ -119,5 +146,7 @@ FAMILY = register_family(
         read=read,
         prepare=prepare,
         make_plan=make_plan,
+        uses_labels=uses_labels,
+        init_query=init_query,
     )
 )

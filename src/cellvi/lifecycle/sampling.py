@@ -93,10 +93,10 @@ def decode(
     if library_size != "latent":
         log_lib = torch.full_like(log_lib, math.log(float(library_size)))
     batch = mb["batch"] if batch_code is None else torch.full_like(mb["batch"], batch_code)
-    extra = {"deterministic": deterministic} if has_proteins(module) else {}
     gen = module.generative(
-        inf["z"], log_lib, batch, mb["labels"], mb["cat_covs"], mb["cont_covs"], **extra
-    )
+        inf["z"], log_lib, batch, mb["labels"], mb["cat_covs"], mb["cont_covs"],
+        deterministic=deterministic,
+    )  # fmt: skip
     gen = {k: v.float() for k, v in gen.items()}
     return gen, module.count_distribution(gen)
 

@@ -7,6 +7,7 @@ per-cell terms of the negative ELBO.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -242,9 +243,12 @@ class SCVIModule(nn.Module):
         labels: torch.Tensor,
         cat_covs: torch.Tensor,
         cont_covs: torch.Tensor,
+        *,
+        deterministic: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Parameters of ``p(x | z, l)``: ``scale_logits`` (``mu = softmax(scale_logits) *
-        exp(log_library)``), ``log_library``, ``theta`` and, for ZINB, ``zi_logits``."""
+        exp(log_library)``), ``log_library``, ``theta`` and, for ZINB, ``zi_logits``.
+        ``deterministic`` has nothing to change here: this pass draws no latent of its own."""
         cats, cont = self._covariates(batch, cat_covs, cont_covs)
         out = self.decoder(z, log_library, cats, cont)
         if self.dispersion == "gene-cell":
@@ -259,6 +263,11 @@ class SCVIModule(nn.Module):
     def log_likelihood(self, x: torch.Tensor, gen: dict, mb: dict) -> torch.Tensor:
         """Full normalised ``log p(x | z, l)`` per cell."""
         return count_log_likelihood(self.gene_likelihood, x, gen, mb)
+
+    def log_joint(self, mb: dict, gen: dict) -> torch.Tensor:
+        """Importance-sampling target given the latent draw decoded in ``gen``: here the count
+        log-likelihood (the generative pass draws no latent of its own)."""
+        return self.log_likelihood(mb["x"], gen, mb)
 
     @staticmethod
     def log_scale(gen: dict) -> torch.Tensor:
@@ -366,6 +375,11 @@ def _log1p_and_totals(x, nz, n_cells: int, n_genes: int) -> tuple[torch.Tensor, 
     x_in = torch.zeros(n_cells * n_genes, dtype=dtype, device=device)
     x_in.index_copy_(0, flat, torch.log1p(values).to(dtype))
     return x_in.view(n_cells, n_genes), _nonzero_totals(nz, n_cells)
+
+
+def log_normal(x: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``log N(x; m, v)``, elementwise."""
+    return -0.5 * (math.log(2 * math.pi) + torch.log(v) + (x - m).square() / v)
 
 
 def _kl_standard_normal(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from .scvi import (
     _nonzeros,
     count_distribution,
     count_log_likelihood,
+    log_normal,
 )
 
 GENE_DISPERSIONS = ("gene", "gene-batch", "gene-label")
@@ -266,6 +267,18 @@ class TOTALVIModule(nn.Module):
             mean = mean + (1.0 - p_fore) * torch.exp(gen["log_back"])
         return mean
 
+    @staticmethod
+    def log_scale(gen: dict) -> torch.Tensor:
+        """Log of the genes' expression proportions (each cell's sum to 1 over genes)."""
+        return torch.log_softmax(gen["scale_logits"], dim=-1)
+
+    def log_features(self, gen: dict) -> torch.Tensor:
+        """The genes' log proportions, then the log denoised protein expression (expected
+        foreground counts, background removed): the features normalisation and DE compare."""
+        # log(p_fore * exp(log_fore)), stable for saturated foreground probabilities
+        protein = F.logsigmoid(-gen["background_logits"].float()) + gen["log_fore"].float()
+        return torch.cat([self.log_scale(gen).float(), protein], dim=-1)
+
     def count_distribution(self, gen: dict) -> torch.distributions.Distribution:
         """RNA ``p(x | z, l)`` (NB or ZINB) as a distribution object, for sampling."""
         return count_distribution(self.gene_likelihood, gen)
@@ -282,6 +295,24 @@ class TOTALVIModule(nn.Module):
             gen["protein_theta"].expand_as(log_back),
             mixture_logits=gen["background_logits"],
         )
+
+    def log_joint(self, mb: dict, gen: dict) -> torch.Tensor:
+        """Importance-sampling target given the latent draw decoded in ``gen``:
+        ``log p(x | z) + log p(y | z, b) + log p(b) - log q(b | z)`` per cell for the
+        background ``b = gen["log_back"]`` the generative pass drew, over the proteins
+        measured in each cell's batch (so one draw is an unbiased estimate of the ELBO)."""
+        mask = self.protein_batch_mask[mb["batch"]]
+        log_back = gen["log_back"].float()
+        prior_m = self.prior_back_mean[mb["batch"]]
+        prior_v = torch.exp(2.0 * self.prior_back_log_std)[mb["batch"]]
+        log_ratio = log_normal(log_back, prior_m, prior_v)
+        log_ratio = log_ratio - log_normal(log_back, gen["back_mean"], gen["back_std"].square())
+        rna = count_log_likelihood(self.gene_likelihood, mb["x"], gen, mb)
+        protein = nb_mixture_log_likelihood(
+            mb["y"], log_back, gen["log_fore"].float(), gen["protein_theta"],
+            gen["background_logits"].float(), mask,
+        )  # fmt: skip
+        return rna + protein + (log_ratio * mask).sum(-1)
 
     # -- loss ---------------------------------------------------------------------------------
     def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> TotalVILossTerms:

@@ -21,8 +21,8 @@ from ..train.plan import TrainingPlan
 from ..train.trainer import default_max_epochs, fit, resolve_precision
 from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
-from ._query import gene_overlap, genes_match, prepare_scvi
-from ._query_totalvi import check_layout, prepare_totalvi
+from ._query import gene_overlap, genes_match, prepare_rna
+from ._query_protein import check_layout, prepare_with_proteins
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -140,9 +140,9 @@ def map_query(
     overlap = _check(model, query, copy, min_gene_overlap, max_epochs)
     seed = settings.seed if seed is None else int(seed)
     if family.has_proteins:
-        prepared = prepare_totalvi(model, query, overlap, copy=copy, seed=seed)
+        prepared = prepare_with_proteins(model, query, overlap, copy=copy, seed=seed)
     else:
-        prepared = prepare_scvi(model, query, overlap)
+        prepared = prepare_rna(model, query, overlap, seed=seed)
     registry, data = prepared.registry, prepared.data
     n_old = int(model.registry["n_batch"])
     module, history = _train(

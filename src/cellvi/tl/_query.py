@@ -17,7 +17,6 @@ from ..data._format import str_array, str_list
 from ..data.loader import TensorData
 from ..data.registry import extract_registered_data
 from ..data.tensors import tensor_data
-from ..families.scvi import build_module as scvi_module
 
 #: ``.var`` column marking genes the query lacked (all-zero columns added for the model).
 PADDED_COLUMN = "cellvi_padded"
@@ -120,17 +119,28 @@ class PreparedQuery:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_scvi(model, query: AnnData, overlap: float) -> PreparedQuery:
-    """The scVI reference extended to the query's batches, its weights transplanted."""
+def extended_module(model, registry: dict, data, seed: int):
+    """The reference's module rebuilt for the extended ``registry`` (its batches, then the
+    query's), the reference's weights transplanted and the new batches initialised by the
+    family's ``init_query`` hook; and the masks of the entries that may train when frozen."""
+    family = model.family
+    module = family.build(model.params, registry, len(model.var_names))
+    n_old = int(model.registry["n_batch"])
+    masks = transplant(model.module, module, n_old)
+    if family.init_query is not None:
+        with torch.no_grad():
+            family.init_query(module, model.params, registry, data, n_old, seed)
+    return module, masks
+
+
+def prepare_rna(model, query: AnnData, overlap: float, *, seed: int) -> PreparedQuery:
+    """A reference that reads RNA only, extended to the query's batches."""
     layer = str(model.registry["layer"])
     target = (
         query if genes_match(query, model.var_names) else align_genes(query, model.var_names, layer)
     )
-    keep_labels = model.params.get("dispersion") == "gene-label"
+    keep_labels = model.family.reads_labels(model.params)
     registry = extend_registry(model.registry, target, keep_labels=keep_labels)
     data = tensor_data(extract_registered_data(target, registry, var_names=model.var_names))
-    module = scvi_module(model.params, registry, len(model.var_names))
-    masks = transplant(model.module, module, int(model.registry["n_batch"]))
-    module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))
-    module.library_log_vars.copy_(torch.as_tensor(registry["library_log_vars"]).clamp(min=1e-4))
+    module, masks = extended_module(model, registry, data, seed)
     return PreparedQuery(target, registry, data, module, masks, {"gene_overlap": overlap})

@@ -1,21 +1,18 @@
-"""Preparing RNA + protein query data for a totalVI reference.
+"""Preparing RNA + protein query data for a reference whose family reads proteins.
 
-Genes are aligned as for scVI (:mod:`._query`). Proteins are put in the reference's order too;
+Genes are aligned as for an RNA-only reference (:mod:`._query`). Proteins are put in the reference's order too;
 a protein the query lacks becomes an all-zero column that is *not measured* in the query's new
-batches (``protein_batch_mask`` 0: out of the protein likelihood and the background KL), never
-a protein with zero counts. Each new batch gets a background prior initialised as a fresh
-training run would initialise it: fitted to the batch's own protein counts when the reference
-used the empirical prior, the default prior otherwise.
+batches (``protein_batch_mask`` 0: out of the protein likelihood), never a protein with zero
+counts. The family's ``init_query`` hook then initialises what the new batches have of their
+own (e.g. a protein background prior).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from anndata import AnnData
 
-from ..analysis.surgery import transplant
 from ..data._fields import quoted_list
 from ..data._mudata import (
     dense_protein_counts,
@@ -27,10 +24,14 @@ from ..data._mudata import (
     rna_anndata,
 )
 from ..data._protein_loader import ProteinTensorData, protein_tensor_data
-from ..families.totalvi import build_module
-from ..models._protein_prior import empirical_background_prior
-from ..models.totalvi import DEFAULT_PRIOR_MEAN, DEFAULT_PRIOR_STD
-from ._query import PADDED_COLUMN, PreparedQuery, align_genes, extend_registry, genes_match
+from ._query import (
+    PADDED_COLUMN,
+    PreparedQuery,
+    align_genes,
+    extend_registry,
+    extended_module,
+    genes_match,
+)
 
 
 def check_layout(query, spec: dict) -> None:
@@ -39,7 +40,7 @@ def check_layout(query, spec: dict) -> None:
         names = (str(spec["rna_modality"]), str(spec["protein_modality"]))
         if not is_mudata(query):
             raise TypeError(
-                f"the totalVI reference was trained on a MuData (modalities {names[0]!r} and "
+                f"the reference was trained on a MuData (modalities {names[0]!r} and "
                 f"{names[1]!r}); pass the query as a MuData laid out the same way, e.g. "
                 f"`mu.MuData({{{names[0]!r}: rna, {names[1]!r}: prot}})`."
             )
@@ -59,7 +60,7 @@ def check_layout(query, spec: dict) -> None:
     key = str(spec["protein_obsm_key"])
     if is_mudata(query) or not isinstance(query, AnnData):
         raise TypeError(
-            f"the totalVI reference was trained on an AnnData with proteins in "
+            f"the reference was trained on an AnnData with proteins in "
             f".obsm[{key!r}]; pass the query the same way."
         )
     if key not in query.obsm:
@@ -157,26 +158,8 @@ def _protein_mask(reference_mask, data: ProteinTensorData, missing, n_batch, nam
     return np.concatenate([reference_mask, measured[n_old:]]).astype(np.uint8)
 
 
-def _init_new_prior(module, params, data: ProteinTensorData, mask, n_old: int, seed: int):
-    """New batches' background prior, as a fresh training run would start it."""
-    n_new = mask.shape[0] - n_old
-    means = np.full((n_new, mask.shape[1]), DEFAULT_PRIOR_MEAN)
-    stds = np.full((n_new, mask.shape[1]), DEFAULT_PRIOR_STD)
-    if params.get("empirical_protein_background_prior", False):
-        batch = data.batch.numpy()
-        new = batch >= n_old
-        means, stds = empirical_background_prior(
-            data.protein.numpy()[new], batch[new] - n_old, mask[n_old:],
-            default_mean=DEFAULT_PRIOR_MEAN, default_std=DEFAULT_PRIOR_STD, seed=seed,
-        )  # fmt: skip
-    with torch.no_grad():
-        module.prior_back_mean[n_old:] = torch.as_tensor(means, dtype=torch.float32)
-        module.prior_back_log_std[n_old:] = torch.as_tensor(np.log(stds), dtype=torch.float32)
-        module.protein_batch_mask.copy_(torch.as_tensor(mask, dtype=torch.float32))
-
-
-def prepare_totalvi(model, query, overlap: float, *, copy: bool, seed: int) -> PreparedQuery:
-    """The totalVI reference extended to the query's batches, its weights transplanted."""
+def prepare_with_proteins(model, query, overlap: float, *, copy: bool, seed: int) -> PreparedQuery:
+    """An RNA + protein reference extended to the query's batches, its weights transplanted."""
     spec = model.registry["protein"]
     names = protein_names_of(model.registry)
     position = protein_positions(query, spec, names)
@@ -195,19 +178,16 @@ def prepare_totalvi(model, query, overlap: float, *, copy: bool, seed: int) -> P
         target = query
     else:
         target = _aligned_target(query, model.registry, model.var_names, proteins, names, missing)
-    labels = {model.params.get("gene_dispersion"), model.params.get("protein_dispersion")}
-    keep_labels = bool(labels & {"gene-label", "protein-label"})
+    keep_labels = model.family.reads_labels(model.params)
     registry = extend_registry(model.registry, rna_anndata(target, model.registry),
                                keep_labels=keep_labels)  # fmt: skip
     registry["protein"] = dict(spec)  # never the reference's own dict
     data = protein_tensor_data(target, registry, var_names=model.var_names, protein_names=names)
-    n_old, n_batch = int(model.registry["n_batch"]), int(registry["n_batch"])
+    n_batch = int(registry["n_batch"])
     reference_mask = np.asarray(spec["protein_batch_mask"], dtype=np.uint8)
     mask = _protein_mask(reference_mask, data, missing, n_batch, names)
     registry["protein"]["protein_batch_mask"] = mask
-    module = build_module(model.params, registry, len(model.var_names))
-    masks = transplant(model.module, module, n_old)
-    _init_new_prior(module, model.params, data, mask, n_old, seed)
+    module, masks = extended_module(model, registry, data, seed)
     record = {
         "gene_overlap": overlap,
         "protein_overlap": float((~missing).mean()),
