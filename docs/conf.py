@@ -33,12 +33,19 @@ extensions = [
 ]
 
 # .rst first: autosummary writes its generated API pages with the first suffix.
-source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+source_suffix = {
+    ".rst": "restructuredtext",
+    ".md": "myst-nb",
+    ".ipynb": "myst-nb",
+    ".py": "myst-nb",  # tutorials written as scripts (jupytext percent format), see below
+}
 exclude_patterns = [
     "_build",
     "_readme_proposal.md",  # material for README.md, not a page
     "**.ipynb_checkpoints",
     "tutorials/README.md",
+    "conf.py",
+    "tutorials/quickstart.py",  # a command-line script (README's quick start), not a page
 ]
 templates_path = ["_templates"]
 
@@ -70,6 +77,8 @@ nb_execution_raise_on_error = True  # a tutorial that fails fails the build
 nb_execution_in_temp = True  # files a tutorial writes go to a temporary folder
 nb_execution_show_tb = True
 nb_merge_streams = True
+# a tutorial may be a Python script in jupytext's percent format (runnable with `python`)
+nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
 
 # -- HTML ---------------------------------------------------------------------------------------
 html_theme = "furo"

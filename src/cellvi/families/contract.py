@@ -61,6 +61,10 @@ GENERIC_VERBS = {
 }
 
 
+#: Attributes of the data that a family's ``outputs`` hook may write to.
+OUTPUT_ATTRIBUTES = ("obs", "obsm", "varm", "uns")
+
+
 class CapabilityError(ValueError, NotImplementedError):
     """A verb was given a model whose family cannot do what it asks.
 
@@ -197,6 +201,14 @@ class ModelFamily:
         the reference's weights already transplanted), initialise what belongs to the new
         batches as a fresh training run would (library-size priors, background priors, ...),
         from the extended ``registry`` and the query's ``tensors``. ``None``: nothing to do.
+    outputs
+        Results hook ``(module, tensors, var_names, key) -> {attribute: {name: value}}``: what
+        a trained model adds to the data beside ``obsm["X_" + key]`` and ``uns[key]``, e.g.
+        ``{"varm": {key + "_loadings": array}}`` or ``{"obs": {key + "_prediction": ...}}``.
+        Attributes are ``"obs"``, ``"obsm"``, ``"varm"`` and ``"uns"`` of the object trained
+        on (or mapped); ``tensors`` are its cells, ``var_names`` its genes. Called after
+        training and after query mapping, before anything is written, so that all results land
+        together. ``None``: nothing more.
     """
 
     name: str
@@ -215,6 +227,7 @@ class ModelFamily:
     make_plan: Callable[..., Any] | None = None
     uses_labels: Callable[[dict[str, Any]], bool] | None = None
     init_query: Callable[..., None] | None = None
+    outputs: Callable[..., dict[str, dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - Capability.all()
@@ -234,6 +247,19 @@ class ModelFamily:
     def reads_labels(self, params: dict[str, Any]) -> bool:
         """Whether a model with ``params`` reads the registered labels (see ``uses_labels``)."""
         return bool(self.uses_labels(params)) if self.uses_labels is not None else False
+
+    def results(self, module, tensors, var_names, key: str) -> dict[str, dict[str, Any]]:
+        """What the ``outputs`` hook adds (``{}`` without one), its attributes checked."""
+        if self.outputs is None:
+            return {}
+        out = dict(self.outputs(module, tensors, var_names, key) or {})
+        unknown = set(out) - set(OUTPUT_ATTRIBUTES)
+        if unknown:
+            raise ValueError(
+                f"the outputs hook of family {self.name!r} returned attributes {sorted(unknown)}; "
+                f"it may write to {list(OUTPUT_ATTRIBUTES)} only."
+            )
+        return out
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -9,6 +10,8 @@ from .contract import ModelFamily
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _TRAINERS: dict[str, Callable[..., Any]] = {}
+#: ``(data, *, model, **options)``: trains any family (``cv.tl.train``, registered by ``cv.tl``).
+_SHARED_TRAINER: list[Callable[..., Any]] = []
 
 
 def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
@@ -65,11 +68,46 @@ def register_trainer(name: str, train: Callable[..., Any]) -> None:
     _TRAINERS[name] = train
 
 
+def register_shared_trainer(train: Callable[..., Any]) -> None:
+    """Register the training path shared by every family, ``train(data, *, model, ...)``
+    (``cv.tl.train``): a family without a verb of its own trains through it."""
+    _SHARED_TRAINER[:] = [train]
+
+
 def trainer(name: str) -> Callable[..., Any]:
+    """The training function of family ``name``: its registered verb, or the shared training
+    path with ``model=name``."""
     family = get_family(name)
-    if name not in _TRAINERS:
+    if name in _TRAINERS:
+        return _TRAINERS[name]
+    if not _SHARED_TRAINER:
         raise KeyError(
-            f"No training function is registered for the {family.title} family; register one "
-            "with `cv.families.register_trainer`."
+            f"No training function is registered for the {family.title} family; import "
+            "cellvi.tl (it registers cv.tl.train for every family) or register one with "
+            "`cv.families.register_trainer`."
         )
-    return _TRAINERS[name]
+    shared = _SHARED_TRAINER[0]
+
+    def train(data, **options):
+        return shared(data, model=name, **options)
+
+    train.__name__ = train.__qualname__ = f"train_{name}"
+    train.__signature__ = _signature(shared, family)
+    return train
+
+
+def _signature(shared: Callable[..., Any], family: ModelFamily) -> inspect.Signature:
+    """The shared path's signature for one family: no ``model``, and the family's options as
+    keyword-only arguments with its declared defaults (what tuning reads as tunable)."""
+    signature = inspect.signature(shared)
+    declared = family.hyperparameters
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        p.replace(default=declared[n].default) if n in declared else p
+        for n, p in signature.parameters.items()
+        if n != "model" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    shown = {p.name for p in params}
+    params += [inspect.Parameter(n, keyword, default=h.default) for n, h in declared.items()
+               if n not in shown]  # fmt: skip
+    return signature.replace(parameters=params)

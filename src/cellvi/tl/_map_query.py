@@ -23,6 +23,7 @@ from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
 from ._query import gene_overlap, genes_match, prepare_rna
 from ._query_protein import check_layout, prepare_with_proteins
+from ._train import write_results
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -84,7 +85,7 @@ def map_query(
     computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
     (train the reference with ``encode_covariates=True`` so that the encoder sees the batch).
 
-    A totalVI reference (``key="totalvi"``) takes a query laid out as its training data (a
+    A reference of an RNA + protein model takes a query laid out as its training data (a
     MuData with the same modalities, or an AnnData with proteins in the same ``.obsm`` key).
     Proteins are matched by name and put in the reference's order; a protein the query lacks
     becomes an all-zero column marked in ``var["cellvi_padded"]`` (MuData) and is *not
@@ -92,14 +93,14 @@ def map_query(
     new batch also gets rows in the decoders' batch inputs, the per-batch dispersions and the
     protein background prior (started as training starts it: fitted to the new batch's
     counts when the reference used the empirical prior). A reference trained with an
-    adversarial batch classifier is mapped without one (see ``docs/totalvi.md``).
+    adversarial batch classifier is mapped without one (see the RNA + protein guide in ``docs/``).
 
     Parameters
     ----------
     query
         New cells: raw counts in the reference's layer, the reference's batch column (new
-        and known batches allowed) and its categorical covariates; for totalVI also the
-        protein counts, where the reference had them.
+        and known batches allowed) and its categorical covariates; for an RNA + protein
+        model also the protein counts, where the reference had them.
     reference
         AnnData (or MuData) holding the trained reference model in ``.uns[key]``.
     key
@@ -132,7 +133,7 @@ def map_query(
         The query's model, a normal payload (every ``cv.tl`` function works on the query),
         whose registry is the reference's with the new batches; ``uns[key]["query_mapping"]``
         records the reference's batches, the new ones, ``freeze``, epochs and gene overlap
-        (totalVI: also ``protein_overlap`` and ``missing_proteins``).
+        (with proteins: also ``protein_overlap`` and ``missing_proteins``).
     """
     start = time.perf_counter()
     model = load_model(reference, key)
@@ -149,6 +150,7 @@ def map_query(
         model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerator, family
     )
     latent = compute_latent(module, data)
+    results = family.results(module, data, model.var_names, key)
     record = {
         "reference_batches": list(registry["batch_categories"][:n_old]),
         "new_batches": list(registry["batch_categories"][n_old:]),
@@ -176,6 +178,7 @@ def map_query(
     if target is query and copy:
         target = query.copy()
     target.obsm[f"X_{key}"] = latent
+    write_results(target, results)
     target.uns[key] = payload
     logger.info(
         f"    finished in {time.perf_counter() - start:.1f}s: mapped {data.n_cells:,} cells "

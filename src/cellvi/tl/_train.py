@@ -27,6 +27,7 @@ from ..data.backed import counts_on_disk
 from ..data.loader import train_validation_split
 from ..families import ModelFamily, TrainingData, get_family
 from ..families._rna import rna_training_data
+from ..families.registry import register_shared_trainer
 from ..lifecycle.payload import encode
 from ..lifecycle.runtime import compute_latent
 from ..train.checkpoint import CheckpointSetup, prepare_checkpoint
@@ -240,19 +241,38 @@ def train_family(
         return None
     module = plan.module.cpu().eval()
     latent = compute_latent(module, tensors)
+    results = family.results(module, tensors, training.var_names, key_added)
     payload = _payload(family, plan, training, params, val_idx, start, partial)
     data = data.copy() if copy else data
-    with deferred_interrupt():  # both fields or neither, whatever the user presses
+    with deferred_interrupt():  # every field or none, whatever the user presses
         data.obsm[f"X_{key_added}"] = latent
+        write_results(data, results)
         data.uns[key_added] = payload
     logger.info(
         f"    finished in {time.perf_counter() - start:.1f}s: added 'X_{key_added}' "
-        f"(.obsm) and the model (.uns[{key_added!r}])"
+        f"(.obsm){describe_results(results)} and the model (.uns[{key_added!r}])"
     )
     if interrupted:  # after writing what was kept, Ctrl-C still stops the caller's script
         _warn_partial(partial, key_added)
         raise KeyboardInterrupt
     return data if copy else None
+
+
+def write_results(data, results: dict[str, dict[str, Any]]) -> None:
+    """Write what a family's ``outputs`` hook returned (``{attribute: {name: value}}``)."""
+    for attribute, entries in results.items():
+        target = getattr(data, attribute)
+        for name, value in entries.items():
+            target[name] = value
+
+
+def describe_results(results: dict[str, dict[str, Any]]) -> str:
+    """``", 'X' (.varm)"`` for the log line."""
+    return "".join(
+        f", {', '.join(repr(n) for n in entries)} (.{attribute})"
+        for attribute, entries in results.items()
+        if entries
+    )
 
 
 def _make_plan(family: ModelFamily, module, params: dict[str, Any], registry) -> TrainingPlan:
@@ -346,3 +366,6 @@ def _final_metrics(module, tensors, val_idx: np.ndarray, seed: int) -> dict[str,
         return {}
     result = evaluate_module(module, tensors, indices=val_idx, seed=seed)
     return {f"{k}_validation": v for k, v in result.items()}
+
+
+register_shared_trainer(train)
