@@ -25,7 +25,7 @@ def encode(module: SCVIModule, mb: dict[str, torch.Tensor]) -> dict[str, torch.T
     if "qz_m" in mb:
         inf = stored_inference(module, mb, deterministic=True)
         return {k: v for k, v in inf.items() if k != "z"}
-    proteins = {"y": mb["y"]} if "y" in mb else {}  # totalVI encodes RNA and proteins
+    proteins = {"y": mb["y"]} if "y" in mb else {}  # a model of proteins encodes RNA and proteins
     inf = module.inference(
         mb["x"],
         mb["batch"],
@@ -90,12 +90,13 @@ def log_importance_weights(
     for a logistic-normal latent: the Jacobian of the transform cancels in the ratio. With an
     observed library size, ``l`` is data, not a latent, and has no terms here.
 
-    For totalVI (the minibatch has protein counts ``y``) the target is ``log p(x, y)`` and the
-    proposal is the model's own variational family: ``q(z | x, y)`` and, for each protein, the
-    log background mean ``b ~ q(b | z) = N(back_mean, back_std^2)`` from the decoder, with
-    prior ``N(prior_mean, prior_std^2)`` per protein and batch. ``log p(y | z, b)`` and the
-    background terms count only the proteins measured in the cell's batch, as in the ELBO, so
-    one draw is an unbiased estimate of the ELBO that ``cv.tl.totalvi_evaluate`` reports.
+    For an RNA + protein model (the minibatch has protein counts ``y``) the target is
+    ``log p(x, y)`` and the proposal is the model's own variational family: ``q(z | x, y)`` and,
+    for each protein, the log background mean ``b ~ q(b | z) = N(back_mean, back_std^2)`` from the
+    decoder, with prior ``N(prior_mean, prior_std^2)`` per protein and batch.
+    ``log p(y | z, b)`` and the background terms count only the proteins measured in the cell's
+    batch, as in the ELBO, so one draw is an unbiased estimate of the ELBO that
+    ``cv.tl.evaluate`` reports.
     """
     post = encode(module, mb)
     covs = (mb["batch"], mb["labels"], mb["cat_covs"], mb["cont_covs"])

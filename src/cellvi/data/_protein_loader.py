@@ -9,6 +9,7 @@ import torch
 
 from ._extract import extract_registered_data
 from ._mudata import dense_protein_counts, rna_anndata
+from .backed import counts_on_disk
 from .loader import TensorData
 from .tensors import tensor_data
 
@@ -52,6 +53,11 @@ def protein_tensor_data(
     genes and proteins in order. Everything is checked before any tensor is built.
     """
     rna = rna_anndata(data, registry)
+    if counts_on_disk(rna):
+        raise ValueError(
+            "The RNA counts are on disk (backed); RNA + protein models read them from memory: "
+            "load them with `adata = adata.to_memory()` first."
+        )
     registered = extract_registered_data(rna, registry, var_names=var_names)
     protein, _ = dense_protein_counts(data, registry["protein"], expected_names=protein_names)
     return ProteinTensorData.from_registered_with_proteins(registered, protein)

@@ -9,7 +9,8 @@ full, normalised log pmf and is numerically stable in float32 and float64 on any
 - :class:`NegativeBinomial` -- ``NegativeBinomial(mu, theta)``, variance ``mu + mu**2 / theta``.
 - :class:`ZeroInflatedNegativeBinomial` -- ``ZeroInflatedNegativeBinomial(mu, theta, zi_logits)``.
 - :class:`NegativeBinomialMixture` -- ``NegativeBinomialMixture(mu1, mu2, theta1,
-  mixture_logits, theta2=None)``, a two-component mixture as used by totalVI for proteins.
+  mixture_logits, theta2=None)``, a two-component mixture (e.g. a protein's background and
+  foreground).
 """
 
 from .nb_mixture import NegativeBinomialMixture

@@ -1,4 +1,4 @@
-"""Per-cell log-likelihood of protein counts under totalVI's background/foreground NB mixture.
+"""Per-cell log-likelihood of protein counts under a background/foreground NB mixture.
 
 Each protein count ``y`` is drawn from a background negative binomial with mean ``exp(b)`` or a
 foreground one with mean ``exp(f)`` (``f > b``), both with inverse dispersion ``theta``; the

@@ -7,8 +7,9 @@ kernel makes one pass over each cell (the torch version makes about twenty-five 
 over the ``cells x genes`` matrix per step) and computes the derivatives in the same pass, so
 the backward step only scales them by the upstream gradient.
 
-The same file scores totalVI's protein mixture (:func:`nb_mixture_log_likelihood_native`,
-the values and gradients of :mod:`._mixture_likelihood`) in float64 in one pass.
+The same file scores the protein background/foreground mixture
+(:func:`nb_mixture_log_likelihood_native`, the values and gradients of
+:mod:`._mixture_likelihood`) in float64 in one pass.
 
 Used for float32 CPU tensors when :attr:`cellvi.settings.native_kernels` is on and the kernel
 could be built (:func:`cellvi.utils.native.enabled_kernel_function`); everything else (CUDA, float64, no
@@ -145,7 +146,7 @@ def _mixture_kernel():
 
 
 class _NativeMixtureLogLik(torch.autograd.Function):
-    """totalVI's per-cell protein mixture log-likelihood and its derivatives, from the C kernel."""
+    """The per-cell protein mixture log-likelihood and its derivatives, from the C kernel."""
 
     @staticmethod
     def forward(ctx, y, log_back, log_fore, theta, rho, mask, grad_mode):

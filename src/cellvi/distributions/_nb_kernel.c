@@ -306,7 +306,7 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------------------
- * totalVI's protein likelihood: a two-component NB mixture per entry, scored from the log means
+ * The protein likelihood: a two-component NB mixture per entry, scored from the log means
  * (cellvi/distributions/_mixture_likelihood.py has the torch version):
  *
  *   L_c  = log(theta + exp(m_c)),  c = background (m_b), foreground (m_f)

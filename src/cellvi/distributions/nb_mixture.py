@@ -1,4 +1,4 @@
-"""Mixture of two negative binomial distributions (e.g. totalVI protein background/foreground)."""
+"""Mixture of two negative binomial distributions (e.g. a protein's background and foreground)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The model-family contract: what a family declares so that every tool can use its models.
 
-A *family* is a kind of model (scVI, totalVI, a user's own). It is one :class:`ModelFamily`
-value, registered once with :func:`cellvi.families.register_family`; nothing else in cellvi
-needs to change for a new family. Every tool (``cv.tl``, ``cv.pl``, tuning, criticism, the hub)
+A *family* is a kind of model (scVI, an RNA + protein model, a user's own). It is one
+:class:`ModelFamily` value, registered once with :func:`cellvi.families.register_family`;
+nothing else in cellvi needs to change for a new family. Every tool (``cv.tl``, ``cv.pl``, tuning, criticism, the hub)
 looks the family up from the ``model`` field of the stored payload and asks it:
 
 - **what it reads** — :attr:`ModelFamily.modalities` (``("rna",)`` or ``("rna", "protein")``)

@@ -10,7 +10,7 @@ A model folder holds three files, and a fourth when data is shared with the mode
     A model card with YAML front matter (``library_name: cellvi``) for the Hub.
 ``adata.h5ad`` or ``mdata.h5mu`` (``include_data=True`` or ``"minified"``)
     The reference data, full or minified (see :mod:`cellvi.lifecycle.hub_data`); a MuData
-    for a totalVI model trained on one.
+    for an RNA + protein model trained on one.
 
 Reading a folder only ever opens ``config.json`` and ``model.safetensors`` (and, for
 :func:`load_data`, ``adata.h5ad`` or ``mdata.h5mu``, which anndata and mudata read without
@@ -118,19 +118,19 @@ def save(
     Parameters
     ----------
     adata
-        Annotated data matrix holding a trained model (``cv.tl.scvi_train``), or the MuData
-        (or AnnData with proteins in ``.obsm``) of a totalVI model (``cv.tl.totalvi_train``).
+        Annotated data matrix holding a trained model (``cv.tl.train`` or a family's training
+        verb), or the MuData (or AnnData with proteins in ``.obsm``) of an RNA + protein model.
     path
         Folder to write; created if needed. It must not exist or be empty.
     key
         Key of the model in ``adata.uns``.
     include_data
-        Also write ``adata.h5ad`` with the reference data (``mdata.h5mu`` for a totalVI
-        model trained on a MuData; read it back with :func:`load_data`): ``True``, the
+        Also write ``adata.h5ad`` with the reference data (``mdata.h5mu`` for an RNA +
+        protein model trained on a MuData; read it back with :func:`load_data`): ``True``, the
         registered counts (RNA and proteins), ``obs`` columns and the latent; ``"minified"``,
         the same without counts but with each cell's latent posterior (mean, variance) and
-        library size, enough for ``cv.tl.scvi_embed``, ``cv.tl.scvi_normalize``, posterior
-        sampling, ``cv.tl.totalvi_embed``, ``cv.tl.totalvi_denoise``,
+        library size, enough for ``cv.tl.embed``, ``cv.tl.normalize`` (denoised proteins
+        too), the family's own embedding and normalising verbs, posterior sampling,
         ``cv.tl.latent_posterior`` and ``cv.tl.differential_expression`` on the reference.
     overwrite
         Write into a non-empty folder, replacing the model files (a data file of an
@@ -193,13 +193,13 @@ def load(
     path
         The model folder.
     adata
-        Data to put the model into (an AnnData; for a totalVI model a MuData or AnnData laid
+        Data to put the model into (an AnnData; for an RNA + protein model a MuData or AnnData laid
         out like its training data). It must have the model's genes (and proteins) in the same
         order and the registered layers and obs columns, with known categories; it is checked
         before anything is written to it.
     key
-        Key in ``adata.uns`` to put the model under (``None``: the model family, ``"scvi"``
-        or ``"totalvi"``, the keys ``cv.tl.scvi_train`` / ``cv.tl.totalvi_train`` use).
+        Key in ``adata.uns`` to put the model under (``None``: the name of the model's
+        family, e.g. ``"scvi"``, the key its training verb uses).
 
     Returns
     -------
@@ -244,13 +244,13 @@ def load_data(path: str | Path, *, key: str | None = None) -> AnnData | MuData:
     path
         The model folder.
     key
-        Key in ``.uns`` to put the model under (``None``: the model family, ``"scvi"`` or
-        ``"totalvi"``).
+        Key in ``.uns`` to put the model under (``None``: the name of the model's family,
+        e.g. ``"scvi"``).
 
     Returns
     -------
-    The AnnData of ``adata.h5ad`` (the MuData of ``mdata.h5mu`` for a totalVI model trained
-    on one): the registered ``obs`` columns, the genes (and proteins), the latent
+    The AnnData of ``adata.h5ad`` (the MuData of ``mdata.h5mu`` for an RNA + protein model
+    trained on one): the registered ``obs`` columns, the genes (and proteins), the latent
     ``obsm["X_" + key]``, the model in ``uns[key]`` and either the registered counts or, when
     minified, all-zero counts and the latent posterior (``obsm[key + "_qz_m"]``,
     ``obsm[key + "_qz_v"]``) and log library sizes (``obs[key + "_log_library_m"]``,

@@ -7,7 +7,7 @@ layer), the registered ``obs`` columns, the genes and the latent ``obsm["X_" + k
 :mod:`cellvi.lifecycle.minified`), enough to embed, normalise and decode the reference again,
 at a fraction of the size.
 
-A totalVI model's data keeps the layout it was registered with: a MuData (``mdata.h5mu``)
+An RNA + protein model's data keeps the layout it was registered with: a MuData (``mdata.h5mu``)
 with the RNA and protein modalities, or an AnnData with the protein counts in ``.obsm``
 (``adata.h5ad``); minified, its protein counts are all zero too.
 """
@@ -38,7 +38,7 @@ from .runtime import (
 )
 
 DATA_FILE = "adata.h5ad"
-#: The data file of a model trained on a MuData (totalVI): the same, as a MuData.
+#: The data file of a model trained on a MuData (RNA + protein): the same, as a MuData.
 MUDATA_FILE = "mdata.h5mu"
 #: ``uns`` entry of the shared AnnData: the model key it was saved under and what it holds.
 SHARED_DATA_KEY = "cellvi_shared_data"
@@ -78,7 +78,7 @@ def compute_posterior(model: LoadedModel, adata: AnnData) -> dict[str, np.ndarra
 
 
 def shared_anndata(adata, key: str, include_data: IncludeData):
-    """A new AnnData (a MuData for a totalVI model trained on one) with what the model in
+    """A new AnnData (a MuData for an RNA + protein model trained on one) with what the model in
     ``adata.uns[key]`` needs (the model itself is in the folder, not in this object)."""
     model = load_model(adata, key)
     if include_data is True:
@@ -115,7 +115,7 @@ def _counts_anndata(obs: pd.DataFrame, model: LoadedModel, X) -> AnnData:
 
 
 def _shared_multimodal(data, model: LoadedModel, minified: bool):
-    """totalVI data laid out as it was registered: a MuData with the RNA and protein
+    """RNA + protein data laid out as it was registered: a MuData with the RNA and protein
     modalities, or an AnnData with the protein counts in ``.obsm`` (minified: all zeros)."""
     spec = model.registry["protein"]
     names = model.protein_names

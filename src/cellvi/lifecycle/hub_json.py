@@ -64,7 +64,7 @@ def _list_to_array(values: list, path: tuple[str, ...]) -> np.ndarray:
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=np.float64)
     if all(isinstance(v, list) and v for v in values):
-        # a matrix (totalVI's protein batch mask): rows of one shape and numeric type
+        # a matrix (e.g. a protein batch mask): rows of one shape and numeric type
         rows = [_list_to_array(v, path) for v in values]
         if len({(r.shape, r.dtype) for r in rows}) == 1 and rows[0].dtype != object:
             return np.stack(rows)

@@ -10,12 +10,12 @@ model in ``.uns[key]``, per cell
 
 and lists ``key`` in ``uns["cellvi_minified"]["keys"]``. Its counts are an all-zero sparse
 matrix of the right shape in the registered layer, so the registry still reads it. Tools that
-only decode the latent (``scvi_embed``, ``scvi_normalize``, posterior sampling,
-``latent_posterior``, differential expression; for totalVI ``totalvi_embed`` and
-``totalvi_denoise``) use the stored posterior instead of running the encoder; tools that need
-the counts refuse minified data. For totalVI the posterior is that of ``q(z | x, y)``, the
-library the observed RNA one, and the protein counts are all zero too; the protein
-background's posterior depends on ``z`` only and is decoded again.
+only decode the latent (``embed``, ``normalize`` with its denoised proteins, the families'
+own embedding and normalising verbs, posterior sampling, ``latent_posterior``, differential
+expression) use the stored posterior instead of running the encoder; tools that need the counts
+refuse minified data. For an RNA + protein model the posterior is that of ``q(z | x, y)``, the
+library the observed RNA one, and the protein counts are all zero too; the protein background's
+posterior depends on ``z`` only and is decoded again.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def stored_inference(module, mb: dict[str, torch.Tensor], *, deterministic: bool
         z = F.softmax(z, dim=-1)
     out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
     ql_m, ql_v = mb["log_library_m"], mb["log_library_v"]
-    if getattr(module, "l_encoder", None) is None:  # observed library (always for totalVI)
+    if getattr(module, "l_encoder", None) is None:  # observed library (always with proteins)
         out["log_library"] = ql_m
     else:
         log_l = ql_m if deterministic else ql_m + ql_v.sqrt() * torch.randn_like(ql_m)

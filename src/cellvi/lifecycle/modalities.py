@@ -1,9 +1,9 @@
-"""Where the per-modality results of scVI and totalVI models are read from and written to.
+"""Where the per-modality results of RNA and RNA + protein models are read from and written to.
 
-scVI reads and writes one AnnData. totalVI reads a MuData (RNA and protein modalities) or an
-AnnData with protein counts in ``.obsm``, and writes its results as ``cv.tl.totalvi_denoise``
-does: on a MuData, RNA results on the RNA modality and protein results on the protein
-modality under the same name; on an AnnData, RNA results on the AnnData and protein results
+An RNA model reads and writes one AnnData. An RNA + protein model reads a MuData (RNA and protein
+modalities) or an AnnData with protein counts in ``.obsm``, and writes its results as
+``cv.tl.normalize`` does: on a MuData, RNA results on the RNA modality and protein results on the
+protein modality under the same name; on an AnnData, RNA results on the AnnData and protein results
 in its ``.obsm`` (dense ones as DataFrames with the protein names as columns).
 """
 
@@ -43,8 +43,8 @@ def rna_counts_view(data, model: LoadedModel) -> AnnData:
 def registered_counts(
     data, model: LoadedModel
 ) -> tuple[RegisteredData, np.ndarray | None, TensorData]:
-    """The model's registered RNA (counts in ``.X``), its protein counts (totalVI; ``None``
-    for scVI) and the tensors the model reads from them, with the stored posterior on
+    """The model's registered RNA (counts in ``.X``), its protein counts (``None`` for a model
+    without proteins) and the tensors the model reads from them, with the stored posterior on
     minified data."""
     view = rna_counts_view(data, model)
     rna = extract_registered_data(view, model.registry, var_names=model.var_names)

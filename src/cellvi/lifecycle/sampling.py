@@ -1,4 +1,4 @@
-"""Decoding a trained scVI or totalVI model into its count distributions, minibatch by minibatch.
+"""Decoding a trained model into its count distributions, minibatch by minibatch.
 
 Shared by ``cv.tl.posterior_predictive``, ``cv.tl.likelihood_parameters`` and the posterior
 predictive checks (``cv.tl.criticism``), so that all of them treat the library size and
@@ -9,12 +9,12 @@ predictive checks (``cv.tl.criticism``), so that all of them treat the library s
   that many counts.
 - ``transform_batch`` decodes every cell as if it came from that batch.
 
-For a totalVI model the RNA part is decoded exactly as above, and the proteins come from the
-background/foreground negative binomial mixture of the same latent. ``library_size`` only
-rescales the RNA: the protein background is a latent of its own (sampled from its posterior
-with ``z``, or its posterior mean when deterministic), never tied to the RNA library, so the
-protein distribution does not depend on ``library_size``. ``transform_batch`` applies to both
-modalities.
+For a model that also generates protein counts the RNA part is decoded exactly as above, and the
+proteins come from the background/foreground negative binomial mixture of the same latent.
+``library_size`` only rescales the RNA: the protein background is a latent of its own (sampled from
+its posterior with ``z``, or its posterior mean when deterministic), never tied to the RNA library,
+so the protein distribution does not depend on ``library_size``. ``transform_batch`` applies to
+both modalities.
 
 Nothing here draws a figure or touches an AnnData.
 """
@@ -70,7 +70,7 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 def has_proteins(module) -> bool:
-    """Whether ``module`` also generates protein counts (totalVI)."""
+    """Whether ``module`` also generates protein counts."""
     return hasattr(module, "protein_distribution")
 
 
@@ -85,7 +85,7 @@ def decode(
     """One pass ``x -> z -> p(x | z, l)``: the generative outputs and the RNA count distribution.
 
     ``deterministic`` decodes the posterior mean of the latent (and of a learned library or
-    totalVI's protein background); otherwise one posterior sample of each. For totalVI,
+    a protein background); otherwise one posterior sample of each. For a model of proteins,
     ``module.protein_distribution(gen)`` is the protein distribution of the same pass.
     """
     inf = run_inference(module, mb, deterministic=deterministic)
@@ -109,8 +109,8 @@ def draw_modalities(
     batch_code: int | None = None,
     library_size: float | str = "latent",
 ) -> dict[str, torch.Tensor]:
-    """Posterior predictive counts, ``"rna"`` ``(n_samples, cells, genes)`` and, for totalVI,
-    ``"protein"`` ``(n_samples, cells, proteins)``: each draw decodes a fresh latent (and
+    """Posterior predictive counts, ``"rna"`` ``(n_samples, cells, genes)`` and, for a model of
+    proteins, ``"protein"`` ``(n_samples, cells, proteins)``: each draw decodes a fresh latent (and
     protein background) and draws both modalities from it."""
     draws: dict[str, list[torch.Tensor]] = {"rna": []}
     if has_proteins(module):

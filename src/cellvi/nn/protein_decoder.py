@@ -1,4 +1,5 @@
-"""totalVI's protein decoder: latent -> background, foreground and mixing parameters."""
+"""The protein decoder of an RNA + protein model: latent -> background, foreground and mixing
+parameters."""
 
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ class ProteinDecoder(nn.Module):
 class SkipCountDecoder(CountDecoder):
     """:class:`CountDecoder` whose output heads read the hidden layer *and* the latent.
 
-    The skip connection lets the latent reach the gene means directly, as in totalVI's
-    published decoder; the options are those of :class:`CountDecoder`.
+    The skip connection lets the latent reach the gene means directly, as in the published RNA +
+    protein decoder (Gayoso et al., 2021); the options are those of :class:`CountDecoder`.
     """
 
     def __init__(self, n_latent: int, n_genes: int, *, n_hidden: int = 128, **options) -> None:

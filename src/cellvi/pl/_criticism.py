@@ -101,8 +101,8 @@ _MODALITIES = {"rna": ("RNA", "gene"), "protein": ("protein", "protein")}
 
 
 def _by_modality(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """``{modality: {model: result}}``: a totalVI result holds one result per modality, an
-    scVI result is the RNA one."""
+    """``{modality: {model: result}}``: the result of an RNA + protein model holds one result
+    per modality, that of an RNA model is the RNA one."""
     rows: dict[str, dict[str, dict]] = {}
     for key, result in results.items():
         parts = {"rna": result} if "summary" in result else result
@@ -123,8 +123,8 @@ def _title(text: str, modality: str, n_rows: int) -> str:
 def draw_criticism(results: dict[str, dict], *, title: str | None = None):
     """The figure of posterior predictive checks from ``cv.tl.criticism`` results.
 
-    ``results`` maps a model name to its ``adata.uns[key + "_criticism"]``. One row of five
-    panels per modality: RNA (every model), then proteins (totalVI models); a model keeps its
+    ``results`` maps a model name to its ``adata.uns[key + "_criticism"]``. One row of five panels
+    per modality: RNA (every model), then proteins (models of protein counts); a model keeps its
     colour in every row.
     """
     import matplotlib.pyplot as plt
@@ -162,15 +162,15 @@ def criticism(
     variation per gene and per cell and zero fraction per gene (with the identity line),
     the calibration curve of the predictive intervals, and observed vs generated log fold
     changes of each group. Several models (``key=["scvi", "scvi_nb"]``) share the panels, one
-    colour each. A totalVI model adds a second row of the same five panels for its proteins
-    (per protein instead of per gene), computed from its protein draws. See
-    ``docs/criticism.md`` for how to read it.
+    colour each. A model that generates protein counts adds a second row of the same five
+    panels for its proteins (per protein instead of per gene), computed from its protein draws.
+    See ``docs/criticism.md`` for how to read it.
 
     Parameters
     ----------
     adata
-        Data with the trained model(s) and their counts (for totalVI a MuData or an AnnData
-        with protein counts in ``.obsm``).
+        Data with the trained model(s) and their counts (for an RNA + protein model a MuData
+        or an AnnData with protein counts in ``.obsm``).
     key
         Key of a model in ``.uns``, or a list of keys.
     n_samples
@@ -190,9 +190,9 @@ def criticism(
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure` (5 axes per row: one row for RNA, one more for
-    proteins when a totalVI model is checked); sets ``adata.uns[k + "_criticism"]`` for each
-    key (see :func:`cellvi.tl.criticism`).
+    The :class:`matplotlib.figure.Figure` (5 axes per row: one row for RNA, one more for proteins
+    when a model of protein counts is checked); sets ``adata.uns[k + "_criticism"]`` for each key
+    (see :func:`cellvi.tl.criticism`).
     """
     import matplotlib.pyplot as plt
 

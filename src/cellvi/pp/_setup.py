@@ -62,7 +62,7 @@ def setup_registry(
     continuous_covariate_keys
         ``adata.obs`` columns with further numeric covariates (e.g. percent mitochondrial).
     rna_layer
-        For RNA + protein data (totalVI): layer of the RNA modality with raw counts (same as
+        For RNA + protein data: layer of the RNA modality with raw counts (same as
         ``layer``; ``None``: its ``X``).
     protein_layer
         For a MuData: layer of the protein modality with raw counts (``None``: its ``X``).

@@ -1,4 +1,4 @@
-"""Registering RNA + protein data (MuData, or AnnData with proteins in ``.obsm``) for totalVI."""
+"""Registering RNA + protein data: a MuData, or an AnnData with proteins in ``.obsm``."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def build_multimodal_registry(
     rna = rna_anndata(data, (rna_modality, protein_modality))
     if counts_on_disk(rna):
         raise ValueError(
-            "The RNA counts are on disk (backed); totalVI trains from memory: load them with "
+            "The RNA counts are on disk (backed); RNA + protein models train from memory: load "
+            "them with "
             "`.to_memory()` first."
         )
     registry = build_registry(rna, layer=rna_layer, **obs_keys)

@@ -117,11 +117,11 @@ def differential_expression(
     before the encoder runs; ``rest`` draws come from every other group in proportion to its
     size. See ``docs/analysis.md``.
 
-    For a totalVI model (``adata`` a MuData, or an AnnData with proteins in ``.obsm``) the
+    For an RNA + protein model (``adata`` a MuData, or an AnnData with proteins in ``.obsm``) the
     genes (normalised expression) are followed by the proteins (denoised foreground
     expression, background removed), named ``"protein:<name>"``, in the same tables; the
     expected FDR is computed over the genes and over the proteins separately, and proteins
-    use a pseudocount of 0.1 counts. See ``docs/totalvi.md``.
+    use a pseudocount of 0.1 counts. See the RNA + protein guide in ``docs/``.
 
     Parameters
     ----------
@@ -167,7 +167,7 @@ def differential_expression(
     arrays with one column per group, genes in decreasing ``scores`` order:
 
     ``names``
-        Gene names (totalVI: then ``"protein:<name>"``).
+        Gene names (with proteins: then ``"protein:<name>"``).
     ``scores``
         Posterior probability of up-regulation in the group minus that of down-regulation,
         ``P(LFC > delta) - P(LFC < -delta)`` (``delta = 0`` in vanilla mode), in [-1, 1];
@@ -185,7 +185,7 @@ def differential_expression(
         DataFrames (genes x groups): fraction of cells with a non-zero count.
     ``params``
         ``groupby``, ``reference``, ``method``, ``use_raw`` (scanpy's) and every argument;
-        totalVI adds ``n_proteins``, ``protein_prefix`` and ``protein_pseudocount``.
+        a model with proteins adds ``n_proteins``, ``protein_prefix`` and ``protein_pseudocount``.
     """
     start = time.perf_counter()
     _check_args(mode, delta, fdr_target, n_samples, pseudocount)
@@ -214,7 +214,7 @@ def differential_expression(
         for frac in _raw_summaries(inputs.counts, grouping, tables)
     )
     for table in tables.values():
-        # the expected FDR is per family of features (all genes; for totalVI, all proteins)
+        # the expected FDR is per family of features (all genes; all proteins, if any)
         fdr = np.empty(len(table))
         for columns, _ in families:
             fdr[columns] = expected_fdr(table["proba_de"].to_numpy()[columns])

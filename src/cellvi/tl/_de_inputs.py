@@ -1,5 +1,5 @@
-"""What differential expression compares, per model: scVI's genes, or totalVI's genes and
-denoised proteins (named ``"protein:<name>"`` so they never clash with gene names)."""
+"""What differential expression compares, per model: its genes, and for an RNA + protein model
+also its denoised proteins (named ``"protein:<name>"`` so they never clash with gene names)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..data.loader import TensorData
 from ..lifecycle.modalities import registered_counts
 from ..lifecycle.runtime import LoadedModel
 
-#: Prefix of protein names in totalVI DE results.
+#: Prefix of protein names in the DE results of an RNA + protein model.
 PROTEIN_PREFIX = "protein:"
 #: Added to denoised protein expression (counts) before the log fold change: a tenth of a count.
 PROTEIN_PSEUDOCOUNT = 0.1

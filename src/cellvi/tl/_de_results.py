@@ -77,8 +77,8 @@ def differential_expression_df(
     ``proba_de``, ``proba_not_de``, ``bayes_factor``, ``lfc_median``, ``lfc_std``,
     ``lfc_min``, ``lfc_max``, ``scale1``, ``scale2`` (mean normalised expression),
     ``raw_mean1``, ``raw_mean2`` (mean counts), ``is_de_fdr``, and ``pct_nz_group``,
-    ``pct_nz_reference`` (fraction of cells with a non-zero count). For a totalVI model a
-    ``modality`` column (``"rna"`` or ``"protein"``) follows ``group``.
+    ``pct_nz_reference`` (fraction of cells with a non-zero count). For a model of RNA and
+    protein counts a ``modality`` column (``"rna"`` or ``"protein"``) follows ``group``.
     """
     if key is None:
         key = _only_result(adata)
@@ -104,7 +104,7 @@ def differential_expression_df(
         frames.append(table)
     out = pd.concat(frames, ignore_index=True)
     prefix = result["params"].get("protein_prefix")
-    if prefix is not None:  # totalVI: genes and proteins in one table
+    if prefix is not None:  # RNA + protein model: genes and proteins in one table
         is_protein = out["names"].str.startswith(str(prefix))
         out.insert(1, "modality", np.where(is_protein, "protein", "rna"))
     out["group"] = pd.Categorical(out["group"], categories=groups)

@@ -39,7 +39,7 @@ def evaluate_module(
             terms = module(mb, kl_weight=1.0)
             rec += float(terms.reconstruction.double().sum())
             kl += float((terms.kl_z + terms.kl_library).double().sum())
-            # models with several terms (e.g. totalVI: RNA and protein) also report them apart
+            # models with several terms (e.g. RNA and protein) also report them apart
             for name, value in getattr(terms, "parts", {}).items():
                 parts[name] = parts.get(name, 0.0) + float(value.double().sum())
     n = max(len(indices), 1)

@@ -1,7 +1,7 @@
 """Verbs that take any family's model: ``embed``, ``normalize``, ``evaluate``.
 
 Each asks the model's family (:mod:`cellvi.families`) whether it can do what is asked; the
-family-named verbs (``scvi_embed``, ``totalvi_denoise``, ...) are the same implementations with
+family-named verbs (``scvi_embed``, ``scvi_normalize``, ...) are the same implementations with
 a check that the model is of their family.
 """
 
@@ -14,8 +14,8 @@ from ..lifecycle.minified import require_counts
 from ..lifecycle.runtime import model_data
 from ._evaluate import evaluate_module
 from ._load import load_for, write_embedding
+from ._protein_apply import denoise
 from ._scvi_apply import normalized_expression
-from ._totalvi_apply import denoise
 
 
 def embed(
@@ -101,9 +101,12 @@ def normalize(
 
     For an RNA model this is ``cv.tl.scvi_normalize`` (``adata.layers[key + "_normalized"]``;
     its further options, ``layer_added``, ``n_samples``, ``seed``, pass through ``kwargs``).
-    For a family that also denoises proteins it is ``cv.tl.totalvi_denoise``: denoised RNA and
-    background-free proteins with their foreground probability (``include_background`` passes
-    through ``kwargs``).
+    For a family that also denoises proteins it is that family's denoising verb: denoised RNA
+    and background-free proteins with their foreground probability (on a MuData, layers
+    ``key + "_denoised"`` of both modalities and ``key + "_foreground_prob"`` of the protein
+    one; on an AnnData with proteins in ``.obsm``, ``adata.layers[key + "_denoised"]`` and the
+    ``.obsm`` DataFrames ``key + "_denoised_protein"`` and ``key + "_foreground_prob"``);
+    ``include_background`` passes through ``kwargs``.
 
     Parameters
     ----------

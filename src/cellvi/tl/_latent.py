@@ -35,16 +35,17 @@ def latent_posterior(
 
     ``q(z | x)`` is a diagonal Gaussian on the encoder's output; for a logistic-normal latent
     (``latent_distribution="ln"``) the latent is the softmax of a draw from it, and the
-    variances describe the Gaussian before the softmax. For totalVI it is the joint
-    ``q(z | x, y)`` of RNA and proteins, and everything is written to the MuData (or the
+    variances describe the Gaussian before the softmax. For an RNA + protein model it is
+    the joint ``q(z | x, y)`` of RNA and proteins, and everything is written to the MuData (or the
     AnnData with proteins in ``.obsm``). On minified data (``cv.hub.load_data``) the stored
     posterior is used.
 
     Parameters
     ----------
     adata
-        Cells (raw counts in the layer the model was trained on): an AnnData, or for totalVI
-        a MuData (or an AnnData with proteins in ``.obsm``) laid out like the training data.
+        Cells (raw counts in the layer the model was trained on): an AnnData, or for an RNA +
+        protein model a MuData (or an AnnData with proteins in ``.obsm``) laid out like the
+        training data.
     key
         Key of the model in ``.uns``.
     model_from
@@ -67,7 +68,7 @@ def latent_posterior(
     ``adata.obsm["X_" + key_added + "_var"]``
         Variance of ``q(z | x)``, ``(n_cells, n_latent)`` float32 (``mdata.obsm`` for a
         MuData, as are the other fields). Its mean is ``obsm["X_" + key]`` of
-        ``cv.tl.scvi_embed`` or ``cv.tl.totalvi_embed``.
+        ``cv.tl.embed`` (or the family's own embedding verb).
     ``adata.obsm["X_" + key_added + "_samples"]``
         When ``n_samples > 0``: draws of the latent, ``(n_cells, n_samples, n_latent)`` float32.
     ``adata.obs[key_added + "_log_library_mean"]``, ``adata.obs[key_added + "_log_library_var"]``

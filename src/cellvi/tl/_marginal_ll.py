@@ -34,7 +34,7 @@ def marginal_ll(
     key_added: str | None = None,
 ) -> float:
     """Marginal log-likelihood ``log p(x)`` of each cell (``log p(x, y)`` with the protein
-    counts ``y`` for totalVI), by importance sampling.
+    counts ``y`` for an RNA + protein model), by importance sampling.
 
     The proposal is the encoder's posterior ``q(z | x)`` (and ``q(l | x)`` when the library
     size is learned). For draws ``z_1..z_K`` the estimate is the log-mean-exp of
@@ -43,17 +43,17 @@ def marginal_ll(
     tight as the ELBO and tighter as ``n_mc_samples`` grows. All terms of the count likelihood
     are included (also ``log x!``), so values compare across implementations.
 
-    For totalVI the proposal is ``q(z | x, y)`` and, per protein, the model's own posterior
-    of the log protein background given ``z``, against its prior per protein and batch;
-    proteins not measured in a cell's batch are left out, as in training. One sample is then
-    an unbiased estimate of the ELBO of ``cv.tl.totalvi_evaluate``.
+    For an RNA + protein model the proposal is ``q(z | x, y)`` and, per protein, the model's
+    own posterior of the log protein background given ``z``, against its prior per protein and
+    batch; proteins not measured in a cell's batch are left out, as in training. One sample is
+    then an unbiased estimate of the ELBO of ``cv.tl.evaluate``.
 
     Parameters
     ----------
     adata
-        Cells to score (raw counts in the layer the model was trained on): an AnnData, or for
-        totalVI a MuData (or an AnnData with the proteins in ``.obsm``) laid out like the
-        training data.
+        Cells to score (raw counts in the layer the model was trained on): an AnnData, or for an
+        RNA + protein model a MuData (or an AnnData with the proteins in ``.obsm``) laid out like
+        the training data.
     key
         Key of the model in ``.uns``.
     model_from

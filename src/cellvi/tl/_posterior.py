@@ -64,15 +64,15 @@ def posterior_predictive(
 
     For every draw and cell a latent is sampled from ``q(z | x)`` and counts from ``p(x | z,
     l)`` with the model's likelihood (ZINB, NB or Poisson). Draws are made in minibatches and
-    stored sparse. For a totalVI model each draw also samples the protein background from its
-    posterior and protein counts from the background/foreground negative binomial mixture,
-    from the same latent as the RNA of that draw.
+    stored sparse. For a model of RNA + protein counts each draw also samples the protein
+    background from its posterior and protein counts from the background/foreground negative
+    binomial mixture, from the same latent as the RNA of that draw.
 
     Parameters
     ----------
     adata
-        Data with a trained model and the counts it was trained on: an AnnData (scVI), or for
-        totalVI a MuData or an AnnData with the protein counts in ``.obsm``.
+        Data with a trained model and the counts it was trained on: an AnnData (RNA model), or
+        for an RNA + protein model a MuData or an AnnData with the protein counts in ``.obsm``.
     key
         Key of the model in ``.uns``.
     n_samples
@@ -83,7 +83,7 @@ def posterior_predictive(
         Decode every cell as if it came from this batch (``None``: its own batch).
     library_size
         ``"latent"``: each cell's own library size; a number: counts per cell to draw the RNA
-        at. totalVI's proteins are not rescaled: their background is a latent of its own.
+        at. Proteins are not rescaled: their background is a latent of its own.
     seed
         Seed of the draws (``None``: torch's current random state).
     batch_size
@@ -102,9 +102,10 @@ def posterior_predictive(
         ``(s + 1) * n_genes``; ``X[:, s * n_genes:(s + 1) * n_genes]`` is one draw and
         ``X.toarray().reshape(n_cells, n_samples, n_genes)`` all of them.
 
-    For totalVI on a MuData these RNA draws go to ``mdata[rna]`` and the protein draws, laid
-    out the same way with ``n_proteins`` columns per draw, to ``mdata[prot].layers
-    [layer_added]`` (``n_samples == 1``) or ``mdata[prot].obsm[layer_added]``. On an AnnData
+    For an RNA + protein model on a MuData these RNA draws go to ``mdata[rna]`` and the
+    protein draws, laid out the same way with ``n_proteins`` columns per draw, to
+    ``mdata[prot].layers[layer_added]`` (``n_samples == 1``) or ``mdata[prot].obsm
+    [layer_added]``. On an AnnData
     with proteins in ``.obsm``, the protein draws (either ``n_samples``) are
     ``adata.obsm[layer_added + "_protein"]``. Draw ``s`` of both modalities comes from the
     same latent.
@@ -205,19 +206,19 @@ def likelihood_parameters(
 ) -> AnnData | None:
     """Parameters of the count distribution ``p(x | z, l)`` for every cell and gene.
 
-    For a totalVI model, also those of the protein distribution: a mixture of a background
+    For a model of protein counts, also those of the protein distribution: a mixture of a background
     and a foreground negative binomial with a shared inverse dispersion.
 
     Parameters
     ----------
     adata
-        Data with a trained model and the counts it was trained on: an AnnData (scVI), or for
-        totalVI a MuData or an AnnData with the protein counts in ``.obsm``.
+        Data with a trained model and the counts it was trained on: an AnnData (RNA model), or
+        for an RNA + protein model a MuData or an AnnData with the protein counts in ``.obsm``.
     key
         Key of the model in ``.uns``.
     n_samples
-        ``1`` decodes the posterior mean of the latent (and of totalVI's log protein
-        background); more averages the parameters over that many posterior samples.
+        ``1`` decodes the posterior mean of the latent (and of the log protein
+        background, if any); more averages the parameters over that many posterior samples.
     key_added
         Prefix of the layers written (default ``key``).
     transform_batch
@@ -243,8 +244,8 @@ def likelihood_parameters(
     ``adata.layers[key_added + "_dropout"]``
         Probability of an extra zero (zero-inflation); ZINB only.
 
-    For totalVI on a MuData these RNA layers go to ``mdata[rna]``, and dense float32
-    ``(n_cells, n_proteins)`` layers to ``mdata[prot]``:
+    For an RNA + protein model on a MuData these RNA layers go to ``mdata[rna]``, and dense
+    float32 ``(n_cells, n_proteins)`` layers to ``mdata[prot]``:
 
     ``mdata[prot].layers[key_added + "_background_mean"]``
         Mean of the background negative binomial, ``exp(b)``.
@@ -262,7 +263,7 @@ def likelihood_parameters(
     ``..._protein_foreground_prob``.
 
     ``adata.uns[key_added + "_likelihood"]["params"]`` (``mdata.uns`` for a MuData) records
-    the arguments, with ``protein_likelihood="nb_mixture"`` for totalVI.
+    the arguments, with ``protein_likelihood="nb_mixture"`` for a model of protein counts.
     """
     n_samples = check_n_samples(n_samples)
     check_library_size(library_size)

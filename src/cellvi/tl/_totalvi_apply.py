@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
-import numpy as np
-import pandas as pd
-import torch
-
-from ..data._mudata import is_mudata
 from ..families import Capability
 from ..lifecycle.minified import require_counts
-from ..lifecycle.runtime import (
-    LoadedModel,
-    inference_device,
-    minibatches,
-    model_data,
-    run_inference,
-)
+from ..lifecycle.runtime import model_data
 from ._evaluate import evaluate_module
 from ._load import load_for, write_embedding
-from ._scvi_apply import _batch_codes
-
-logger = logging.getLogger("cellvi")
+from ._protein_apply import denoise
 
 
 def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: str | None = None,
@@ -55,23 +41,6 @@ def totalvi_embed(mdata, *, model_from=None, key: str = "totalvi", key_added: st
     return write_embedding(
         mdata, model, key_added=key_added or key, batch_size=batch_size, copy=copy
     )
-
-
-@torch.inference_mode()
-def _denoise_batch(module, mb, codes, include_background: bool, library_size: float):
-    inf = run_inference(module, mb, deterministic=True)
-    rna = pro = fore = 0.0
-    for code in codes or [None]:
-        batch = mb["batch"] if code is None else torch.full_like(mb["batch"], code)
-        gen = module.generative(
-            inf["z"], inf["log_library"], batch, mb["labels"], mb["cat_covs"], mb["cont_covs"],
-            deterministic=True,
-        )  # fmt: skip
-        rna = rna + torch.softmax(gen["scale_logits"].float(), -1) * library_size
-        pro = pro + module.protein_mean(gen, include_background=include_background)
-        fore = fore + module.foreground_probability(gen)
-    n = len(codes or [None])
-    return rna / n, pro / n, fore / n
 
 
 def totalvi_denoise(
@@ -120,52 +89,6 @@ def totalvi_denoise(
     return denoise(mdata, model, key=key, transform_batch=transform_batch,
                    include_background=include_background, library_size=library_size,
                    batch_size=batch_size, copy=copy)  # fmt: skip
-
-
-def denoise(
-    mdata,
-    model: LoadedModel,
-    *,
-    key: str,
-    transform_batch: str | Sequence[str] | None = None,
-    include_background: bool = False,
-    library_size: float = 1e4,
-    batch_size: int = 1024,
-    copy: bool = False,
-):
-    """:func:`totalvi_denoise` on a loaded model whose family denoises proteins."""
-    if not (np.isfinite(library_size) and library_size > 0):
-        raise ValueError(f"library_size must be a positive number, got {library_size!r}.")
-    codes = _batch_codes(model, transform_batch)
-    data = model_data(mdata, model)
-    device = inference_device(model.module)
-    module = model.module.to(device).eval()
-    parts = [
-        [t.float().cpu() for t in _denoise_batch(module, mb, codes, include_background,
-                                                 float(library_size))]
-        for mb in minibatches(data, device, batch_size)
-    ]  # fmt: skip
-    rna, pro, fore = (np.ascontiguousarray(torch.cat(p).numpy()) for p in zip(*parts, strict=True))
-    mdata = mdata.copy() if copy else mdata
-    _write_denoised(mdata, model, key, rna, pro, fore)
-    return mdata if copy else None
-
-
-def _write_denoised(mdata, model: LoadedModel, key: str, rna, pro, fore) -> None:
-    spec = model.registry["protein"]
-    if is_mudata(mdata):
-        mdata.mod[str(spec["rna_modality"])].layers[f"{key}_denoised"] = rna
-        prot = mdata.mod[str(spec["protein_modality"])]
-        prot.layers[f"{key}_denoised"] = pro
-        prot.layers[f"{key}_foreground_prob"] = fore
-        logger.info(f"    added {key}_denoised (rna, prot layers), {key}_foreground_prob (prot)")
-        return
-    names = model.protein_names
-    mdata.layers[f"{key}_denoised"] = rna
-    mdata.obsm[f"{key}_denoised_protein"] = pd.DataFrame(pro, index=mdata.obs_names, columns=names)
-    mdata.obsm[f"{key}_foreground_prob"] = pd.DataFrame(fore, index=mdata.obs_names, columns=names)
-    logger.info(f"    added {key}_denoised (layers), {key}_denoised_protein, "
-                f"{key}_foreground_prob (obsm)")  # fmt: skip
 
 
 def totalvi_evaluate(

@@ -1,6 +1,6 @@
 """``cv.tl.train``: the one training path of every model family.
 
-``cv.tl.scvi_train`` and ``cv.tl.totalvi_train`` (and the training verb of any registered family)
+The family-named training verbs (``cv.tl.scvi_train`` and that of any registered family)
 are this function with the family's name and its options spelled out. Every option here works for
 every family: checkpoints with exact resume, Lightning strategies and nodes, a partial model on
 Ctrl-C, the model of the last finite epoch on a NaN loss, early stopping, LR on plateau, KL
@@ -123,7 +123,8 @@ def train(
     Parameters
     ----------
     data
-        What the family reads (an AnnData for scVI; a MuData with RNA and protein for totalVI).
+        What the family reads (an AnnData for an RNA model; a MuData with RNA and protein for
+        an RNA + protein model).
     model
         The family's registered name (``cv.families.family_names()``).
     key_added

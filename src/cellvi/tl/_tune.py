@@ -108,7 +108,8 @@ def tune(
     adata
         Annotated data matrix with a cellvi registry.
     model
-        Model to tune (``"scvi"``, or ``"totalvi"`` on RNA + protein data).
+        Name of the model family to tune (e.g. ``"scvi"``); a family that reads proteins
+        needs RNA + protein data.
     n_trials
         Trials this call runs (with a shared storage: per worker).
     search_space

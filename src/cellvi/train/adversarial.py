@@ -1,9 +1,9 @@
 """A training plan with an adversarial batch classifier on the latent space.
 
-Used by totalVI when some proteins were not measured in some batches: the missing values make
-batches easy to tell apart in the latent space, and a classifier that tries to predict the
-batch from ``z`` (while the encoder learns to fool it) keeps them mixed. Two optimisers, one
-step each per minibatch:
+Used by RNA + protein models when some proteins were not measured in some batches: the missing
+values make batches easy to tell apart in the latent space, and a classifier that tries to
+predict the batch from ``z`` (while the encoder learns to fool it) keeps them mixed. Two
+optimisers, one step each per minibatch:
 
 1. the VAE: negative ELBO ``+ kappa *`` the classifier's cross-entropy against a uniform guess
    over the *other* batches;
