@@ -77,6 +77,7 @@ def main() -> None:
         "heldout_kl": float(res["kl"]),
         "torch_threads": torch.get_num_threads(),
         "precision": str(train.uns["scvi"]["params"]["precision"]),
+        "native_kernels": str(train.uns["scvi"]["versions"].get("cellvi_native_kernels")),
         "phase_seconds": {
             "import": t_imported - _T_START,
             "load_and_setup": t_ready - t_imported,

@@ -301,9 +301,19 @@ def _tail(text: str, n: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-n:])
 
 
-def run_worker(tool: str, args: argparse.Namespace, workdir: Path, run_id: int) -> dict:
+def run_worker(
+    tool: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    run_id: int,
+    env_extra: dict[str, str] | None = None,
+    label: str | None = None,
+) -> dict:
+    """One worker process; ``env_extra`` is added to its environment (e.g. ``CC``), ``label``
+    names it in the output and its files (default: the tool's name)."""
     python = args.scvi_python if tool == "scvi" else args.cellvi_python
-    out_json = workdir / f"result_{tool}_{run_id}.json"
+    tag = tool if label is None else label
+    out_json = workdir / f"result_{tag}_{run_id}.json"
     out_json.unlink(missing_ok=True)
     cmd = [
         str(python),
@@ -346,7 +356,8 @@ def run_worker(tool: str, args: argparse.Namespace, workdir: Path, run_id: int) 
     else:
         env.pop("PYTHONPATH", None)  # keep the scvi-tools environment clean of cellvi's paths
 
-    label = TOOLS[tool]
+    env.update(env_extra or {})
+    label = TOOLS[tool] if label is None else label
     print(f"[run {run_id}] {label}: training ({args.epochs} epochs) ...", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
@@ -363,7 +374,7 @@ def run_worker(tool: str, args: argparse.Namespace, workdir: Path, run_id: int) 
         stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
         raise WorkerError(label, f"timed out after {args.worker_timeout} s", stderr) from None
     wall = time.perf_counter() - t0
-    (workdir / f"stderr_{tool}_{run_id}.log").write_text(proc.stderr)
+    (workdir / f"stderr_{tag}_{run_id}.log").write_text(proc.stderr)
     if proc.returncode != 0:
         raise WorkerError(label, f"exited with status {proc.returncode}", proc.stderr)
     if not out_json.exists():

@@ -83,8 +83,10 @@ class _NegBinomialLogLik(torch.autograd.Function):
         # softmax is one fused kernel, several times cheaper on a CPU than logsumexp + exp
         scale = torch.softmax(logits, -1)
         mu = scale * torch.exp(log_library).unsqueeze(-1)
-        theta_e = theta + _EPS
-        ratio = mu / theta_e  # mu / theta
+        # the NB of inverse dispersion theta + eps in every term, as in the C kernel (an eps
+        # left out of lgamma / digamma alone moved d theta by 1e-4 relative at theta = 1e-4)
+        theta = theta + _EPS
+        ratio = mu / theta  # mu / theta
         log1p_ratio = torch.log1p(ratio)  # -D = log(theta + mu) - log(theta)
         q = ratio.div_(ratio + 1.0)  # mu / (theta + mu)
         t = log1p_ratio * (-theta)  # log NB(0)
@@ -106,7 +108,7 @@ class _NegBinomialLogLik(torch.autograd.Function):
         else:
             theta_nz = _take(theta, flat)
             lgamma_theta_nz = torch.lgamma(theta_nz)
-        log_theta_mu_nz = torch.log(theta_nz + _EPS) - D_nz
+        log_theta_mu_nz = torch.log(theta_nz) - D_nz
         nz = torch.lgamma(x_nz + theta_nz) - lgamma_theta_nz + x_nz * (log_mu_nz - log_theta_mu_nz)
         rho_nz = None
         if rho is not None:
