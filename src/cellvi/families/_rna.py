@@ -27,12 +27,16 @@ def init_library_prior(
 ) -> dict[str, Any]:
     """Set the per-batch log-library prior of the module (its ``library_log_means`` and
     ``library_log_vars`` buffers) from the registry; resolves no options."""
-    init_query_library_prior(module, params, data.registry, data.tensors, 0, 0)
+    _copy_library_prior(module, data.registry)
     return {}
 
 
 def init_query_library_prior(module, params, registry, tensors, n_old: int, seed: int) -> None:
     """Query-mapping hook: the library-size prior of every batch, the new ones from the query's
     cells (query mapping extends the registry with them before the module is built)."""
+    _copy_library_prior(module, registry)
+
+
+def _copy_library_prior(module: torch.nn.Module, registry: dict[str, Any]) -> None:
     module.library_log_means.copy_(torch.as_tensor(registry["library_log_means"]))
     module.library_log_vars.copy_(torch.as_tensor(registry["library_log_vars"]).clamp(min=1e-4))
