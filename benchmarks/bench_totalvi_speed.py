@@ -33,7 +33,9 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cite_pbmc_2batch.h5mu"
-DEFAULT_SCVI_PYTHON = os.environ.get("SCVI_PYTHON", "/work/venv-scvi/bin/python")
+DEFAULT_SCVI_PYTHON = os.environ.get(
+    "SCVI_PYTHON", str(REPO_ROOT / ".venv-scvi" / "bin" / "python")
+)  # as bench_scvi_speed.py
 WORKERS = {"cellvi": "_worker_totalvi_cellvi.py", "scvi": "_worker_totalvi_scvi.py"}
 
 
