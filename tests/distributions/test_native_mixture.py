@@ -8,10 +8,11 @@ import torch
 import cellvi as cv
 from cellvi.distributions import _native_likelihood as native
 from cellvi.distributions._mixture_likelihood import nb_mixture_log_likelihood
+from cellvi.utils.native import status as native_status
 
 pytestmark = pytest.mark.skipif(
     native._mixture_kernel() is None,
-    reason="the C kernel could not be built here (no C compiler?)",
+    reason=f"the C likelihood kernel is not used here: {native_status()['nb_likelihood']}",
 )
 
 
