@@ -35,7 +35,7 @@ from .registry import (
 )
 
 # the built-in families register themselves on import
-from . import scvi, totalvi  # noqa: E402, F401  isort: skip
+from . import scanvi, scvi, totalvi  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "LR",
