@@ -46,14 +46,16 @@ def build_module(params: dict[str, Any], registry: dict[str, Any], n_vars: int) 
     categories = str_list(registry["labels_categories"])
     unlabeled = str(params.get("unlabeled_category", "Unknown"))
     code = categories.index(unlabeled) if unlabeled in categories else -1
-    if len(categories) - (code >= 0) < 2:
+    names = class_names(registry, unlabeled)
+    if len(names) < 2:
+        found = f"only {names}" if names else f"every cell is {unlabeled!r}"
         raise ValueError(
-            f"scANVI needs at least two cell types in the labels column "
-            f"{registry['labels_key']!r}, found {class_names(registry, unlabeled)} besides "
-            f"the unlabelled category {unlabeled!r}."
+            f"scANVI needs labelled cells of at least two cell types in the labels column "
+            f"{registry['labels_key']!r}; {found}. Label some cells (or pass the category your "
+            "unlabelled cells carry as unlabeled_category)."
         )
     module = SCANVIModule(shape.pop("n_input"), code, **shape, **options)
-    module.class_names = class_names(registry, unlabeled)  # what the outputs hook names
+    module.class_names = names  # what the outputs hook names
     return module
 
 
@@ -69,10 +71,26 @@ def read(adata) -> TrainingData:
     return training
 
 
+#: Category names that mark unlabelled cells in common annotations (compared in lower case).
+UNLABELLED_NAMES = ("unknown", "unlabeled", "unlabelled", "nan", "na", "none", "")
+
+
 def _check_labels(data: TrainingData, module: SCANVIModule, params: dict[str, Any]) -> np.ndarray:
-    """Class counts among the labelled cells; an error for no labelled cell or an empty class."""
+    """Class counts among the labelled cells; an error for an unlabelled category taken as a
+    cell type (``unlabeled_category`` not in the column, but a look-alike is), no labelled
+    cell, or an empty class."""
     classes = module.classes(data.tensors.labels).numpy()
-    names = class_names(data.registry, params["unlabeled_category"])
+    unlabeled = params["unlabeled_category"]
+    names = class_names(data.registry, unlabeled)
+    if module.unlabeled_code < 0:
+        alike = [n for n in names if n.strip().lower() in {*UNLABELLED_NAMES, unlabeled.lower()}]
+        if alike:
+            raise ValueError(
+                f"the labels column {data.registry['labels_key']!r} has no {unlabeled!r} "
+                f"category but has {alike[0]!r}, which would be learned as a cell type: pass "
+                f"unlabeled_category={alike[0]!r} (a reference with every cell labelled needs "
+                "neither)."
+            )
     counts = np.bincount(classes[classes >= 0], minlength=module.n_classes)
     key = data.registry["labels_key"]
     if counts.sum() == 0:
