@@ -167,3 +167,27 @@ def test_generic_verbs_and_de_between_predicted_groups(trained):
     cv.tl.differential_expression(data, key="scanvi", groupby="scanvi_prediction",
                                   groups=["type0"], n_samples=100)  # fmt: skip
     assert "rank_genes_groups_scanvi" in data.uns
+
+
+def test_the_classifier_sees_labels_balanced_however_rare(monkeypatch):
+    """Each training step gets a companion minibatch of labelled cells with every label
+    equally likely: a type with 3 labelled cells is drawn as often as one with 24."""
+    from cellvi.models.scanvi import SCANVIModule
+
+    drawn = []
+    original = SCANVIModule.classification_loss
+
+    def spy(self, mb, qz_m):
+        drawn.append(np.bincount(self.classes(mb["labelled"]["labels"]).numpy(), minlength=5))
+        return original(self, mb, qz_m)
+
+    monkeypatch.setattr(SCANVIModule, "classification_loss", spy)
+    adata = annotated()
+    label = adata.obs["label"].astype(str).to_numpy().copy()
+    label[np.flatnonzero(label == "type0")[3:]] = "Unknown"
+    adata.obs["label"] = pd.Categorical(label)
+    cv.pp.setup_registry(adata, layer="counts", batch_key="batch", labels_key="label")
+    cv.tl.scanvi_train(adata, scvi_key=None, max_epochs=3, **FAST)
+    counts = np.sum(drawn, 0)
+    assert len(drawn) == 27 and counts.sum() == 27 * FAST["batch_size"]
+    assert counts.min() / counts.max() > 0.7, counts

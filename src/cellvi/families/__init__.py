@@ -11,6 +11,7 @@ a family of RNA counts needs are here too: :func:`hyperparameters` and :func:`mo
 :func:`rna_training_data`, :func:`init_library_prior` and :func:`init_query_library_prior`.
 """
 
+from ..data.loader import Companion
 from ._options import LR, data_shape, hyperparameters, module_options
 from ._rna import init_library_prior, init_query_library_prior, rna_training_data
 from .contract import (
@@ -42,6 +43,7 @@ __all__ = [
     "OUTPUT_ATTRIBUTES",
     "Capability",
     "CapabilityError",
+    "Companion",
     "FamilyModule",
     "Hyperparameter",
     "ModelFamily",

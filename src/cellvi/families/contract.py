@@ -225,6 +225,12 @@ class ModelFamily:
     inherits
         The options a warm-started model takes from the model it starts from (its network
         shape, so that the weights fit).
+    companion
+        Training hook ``(training_data, params, train_indices) -> Companion | None``: a second
+        minibatch drawn with every training minibatch (a :class:`cellvi.data.loader.Companion`:
+        which cells, with which weights, how many), which the module finds as
+        ``mb[companion.name]``; e.g. scANVI's labelled cells balanced by label. Validation and
+        every verb after training see plain minibatches. ``None``: none.
     """
 
     name: str
@@ -246,6 +252,7 @@ class ModelFamily:
     outputs: Callable[..., dict[str, dict[str, Any]]] | None = None
     warm_start: Callable[[dict[str, Any]], str | None] | None = None
     inherits: tuple[str, ...] = ()
+    companion: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - Capability.all()

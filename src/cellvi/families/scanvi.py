@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..data._format import str_list
-from ..data.loader import MinibatchLoader
+from ..data.loader import Companion, MinibatchLoader
 from ..models.scanvi import SCANVIModule
 from ..models.scvi import SCVIModule
 from ._options import LR, data_shape, hyperparameters, module_options
@@ -175,6 +175,25 @@ def outputs(module: SCANVIModule, tensors, var_names, key: str) -> dict[str, dic
     }
 
 
+def companion(data: TrainingData, params: dict[str, Any], train_indices) -> Companion | None:
+    """With ``balance_labels``: a minibatch of labelled training cells with every training
+    minibatch, each class equally likely, for the classification loss (the peer draws its
+    labelled minibatches in the labels' proportions, so rare types are seldom seen)."""
+    if not params.get("balance_labels", True):
+        return None
+    categories = str_list(data.registry["labels_categories"])
+    unlabeled = params["unlabeled_category"]
+    code = categories.index(unlabeled) if unlabeled in categories else -1
+    train_indices = np.asarray(train_indices)
+    codes = data.tensors.labels.numpy()[train_indices]
+    labelled = codes != code
+    if not labelled.any():
+        return None
+    counts = np.bincount(codes[labelled], minlength=len(categories))
+    weights = 1.0 / counts[codes[labelled]]
+    return Companion("labelled", train_indices[labelled], weights, int(params["batch_size"]))
+
+
 def warm_start(params: dict[str, Any]) -> str | None:
     return params.get("scvi_key")
 
@@ -207,6 +226,7 @@ FAMILY = register_family(
             },
             {
                 "unlabeled_category": Hyperparameter("Unknown"),
+                "balance_labels": Hyperparameter(True, ("cat", [True, False])),
                 "scvi_key": Hyperparameter("scvi"),
                 "lr": LR,
                 "batch_size": Hyperparameter(128),
@@ -221,6 +241,7 @@ FAMILY = register_family(
         init_query=init_query_library_prior,
         outputs=outputs,
         warm_start=warm_start,
+        companion=companion,
         inherits=INHERITS,
     )
 )

@@ -23,6 +23,7 @@ def scanvi_train(
     classification_ratio: float = 50.0,
     linear_classifier: bool = False,
     label_prior: Literal["uniform", "frequency"] = "uniform",
+    balance_labels: bool = True,
     n_hidden: int = 128,
     n_latent: int = 10,
     n_layers: int = 1,
@@ -86,6 +87,10 @@ def scanvi_train(
         A single linear layer from the latent to the class logits.
     label_prior
         ``p(y)`` of the generative model: uniform, or the labelled cells' class frequencies.
+    balance_labels
+        Draw, with every minibatch, ``batch_size`` labelled cells with each label equally
+        likely, for the classification loss. ``False``: the loss sees the labelled cells that
+        the minibatch happens to hold.
     n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
     use_observed_lib_size, encode_covariates, deeply_inject_covariates, batch_representation,
     batch_embedding_dim, use_batch_norm, use_layer_norm

@@ -211,6 +211,7 @@ def train_family(
     )  # fmt: skip
     train_idx, val_idx = train_validation_split(tensors.n_cells, params["train_size"], generator)
     checkpoint = _checkpoint_setup(run, params, training, tensors.n_cells)
+    companion = None if family.companion is None else family.companion(training, params, train_idx)
     logger.info(
         f"training {family.title} on {tensors.n_cells:,} cells x {len(training.var_names):,} "
         f"genes{training.summary} ({len(val_idx):,} held out for validation), {max_epochs} epochs"
@@ -227,6 +228,7 @@ def train_family(
             progress_bar=settings.progress_bar, description=f"{family.title} ({key_added})",
             precision=params["precision"], strategy=params["strategy"],
             num_nodes=params["num_nodes"], callbacks=run["callbacks"], checkpoint=checkpoint,
+            companion=companion,
         )  # fmt: skip
     except TrainingInterrupted:
         interrupted, partial = True, _keep_last_epoch(plan, "interrupted", max_epochs)
