@@ -44,7 +44,7 @@ class Capability:
     CRITICISM = "criticism"  #: posterior predictive checks
     MAP_QUERY = "map_query"  #: scArches-style query mapping
     TUNE = "tune"  #: hyperparameter search with ``cv.tl.tune``
-    PREDICT_LABELS = "predict_labels"  #: cell-type predictions
+    PREDICT_LABELS = "predict_labels"  #: cell labels in obs[key + "_prediction" / "_confidence"]
 
     @classmethod
     def all(cls) -> frozenset[str]:

@@ -31,7 +31,7 @@ INHERITS = tuple(o for o in module_options(SCVIModule) if o in MODULE_OPTIONS)
 #: Epochs of a model started from a trained scVI (as the peer: a fine-tune, not a fresh fit).
 WARM_START_EPOCHS = 10
 #: The module's own parts, which a model started from scVI does not find there.
-OWN_PARTS = ("classifier.", "z2_encoder.", "z1_decoder.", "class_of_code", "log_label_prior")
+OWN_PARTS = ("classifier.", "z2_encoder.", "z1_decoder.", "log_label_prior")
 
 
 def class_names(registry: dict[str, Any], unlabeled_category: str) -> list[str]:
@@ -136,6 +136,8 @@ def prepare(module: SCANVIModule, data: TrainingData, params: dict[str, Any]) ->
     """Checks of the labels, the library prior, ``p(y)``, and the scVI weights when warm-started;
     a warm start trains :data:`WARM_START_EPOCHS` epochs without KL warm-up by default."""
     counts = _check_labels(data, module, params)
+    # recorded in the model's registry: data without the labels column reads as unlabelled
+    data.registry = {**data.registry, "unlabeled_category": str(params["unlabeled_category"])}
     init_library_prior(module, data, params)
     if params["label_prior"] == "frequency":
         module.log_label_prior.copy_(torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32))  # fmt: skip

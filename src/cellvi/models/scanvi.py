@@ -112,7 +112,8 @@ class SCANVIModule(SCVIModule):
         codes = torch.arange(n_labels)
         classes = codes - (codes > unlabeled_code).long() * (unlabeled_code >= 0)
         classes[codes == unlabeled_code] = -1
-        self.register_buffer("class_of_code", classes)
+        # derived from the arguments, not stored: a mapped query may add the unlabelled code
+        self.register_buffer("class_of_code", classes, persistent=False)
         self.register_buffer("log_label_prior", torch.full((self.n_classes,), -math.log(self.n_classes)))  # fmt: skip
         norm = {
             "use_batch_norm": use_batch_norm in ("both", "encoder"),
