@@ -147,7 +147,24 @@ def test_the_classifier_sees_labels_balanced_however_rare(monkeypatch):
     label[np.flatnonzero(label == "type0")[3:]] = "Unknown"
     adata.obs["label"] = pd.Categorical(label)
     cv.pp.setup_registry(adata, layer="counts", batch_key="batch", labels_key="label")
-    cv.tl.scanvi_train(adata, scvi_key=None, max_epochs=3, **FAST)
+    cv.tl.scanvi_train(adata, scvi_key=None, max_epochs=3, balance_labels=True, **FAST)
     counts = np.sum(drawn, 0)
     assert len(drawn) == 27 and counts.sum() == 27 * FAST["batch_size"]
     assert counts.min() / counts.max() > 0.7, counts
+
+
+def test_by_default_the_classifier_sees_the_minibatch_labels(monkeypatch):
+    from cellvi.models.scanvi import SCANVIModule
+
+    seen = []
+    original = SCANVIModule.classification_loss
+
+    def spy(self, mb, qz_m):
+        seen.append("labelled" in mb)
+        return original(self, mb, qz_m)
+
+    monkeypatch.setattr(SCANVIModule, "classification_loss", spy)
+    adata = annotated(n_cells=200)
+    cv.tl.scanvi_train(adata, scvi_key=None, max_epochs=1, **FAST)
+    assert seen and not any(seen)
+    assert adata.uns["scanvi"]["params"]["balance_labels"] is False

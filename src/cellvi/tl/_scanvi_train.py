@@ -23,7 +23,7 @@ def scanvi_train(
     classification_ratio: float = 50.0,
     linear_classifier: bool = False,
     label_prior: Literal["uniform", "frequency"] = "uniform",
-    balance_labels: bool = True,
+    balance_labels: bool = False,
     n_hidden: int = 128,
     n_latent: int = 10,
     n_layers: int = 1,
@@ -89,8 +89,9 @@ def scanvi_train(
         ``p(y)`` of the generative model: uniform, or the labelled cells' class frequencies.
     balance_labels
         Draw, with every minibatch, ``batch_size`` labelled cells with each label equally
-        likely, for the classification loss. ``False``: the loss sees the labelled cells that
-        the minibatch happens to hold.
+        likely, for the classification loss. ``False`` (default): the loss sees the labelled
+        cells that the minibatch happens to hold, in the labels' proportions. Balancing did not
+        help on the benchmark data (see the scANVI guide in the docs), so it is an option.
     n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
     use_observed_lib_size, encode_covariates, deeply_inject_covariates, batch_representation,
     batch_embedding_dim, use_batch_norm, use_layer_norm
