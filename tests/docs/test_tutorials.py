@@ -14,7 +14,7 @@ SCRIPTS = [p for p in sorted((ROOT / "tutorials").glob("*.py")) if "# %%" in p.r
 
 def test_there_are_tutorials():
     assert NOTEBOOKS, "tutorials/*.ipynb not found"
-    assert [p.name for p in SCRIPTS] == ["custom_model.py"], SCRIPTS
+    assert [p.name for p in SCRIPTS] == ["custom_model.py", "scanvi_annotation.py"], SCRIPTS
 
 
 def test_script_tutorials_are_read_as_notebooks_by_the_docs():

@@ -27,7 +27,12 @@ matplotlib.use("Agg")
 TUTORIAL_FAMILY = register_tutorial_family()
 
 FAST = {"max_epochs": 4, "batch_size": 64, "seed": 3, "precision": "32-true"}
-SMALL = {"scvi": {"n_hidden": 16}, "totalvi": {"n_hidden": 16}, "ldvae": {"n_hidden": 16}}
+SMALL = {
+    "scvi": {"n_hidden": 16},
+    "totalvi": {"n_hidden": 16},
+    "ldvae": {"n_hidden": 16},
+    "scanvi": {"n_hidden": 16, "scvi_key": None},
+}
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -46,10 +51,19 @@ FIRST_IDS = [f"{name}-{kind}" for name, kind in FIRST]
 
 
 def make_data(name: str, kind: str, n_cells: int = 200, seed: int = 0):
-    """Registered data of the kind a family reads."""
+    """Registered data of the kind a family reads; a family that declares ``labels_key`` among
+    its registry fields gets a labels column in which a third of the cells keep their type and
+    the rest are ``"Unknown"``."""
+    labels = "labels_key" in cv.families.get_family(name).registry_fields
     if kind == "anndata":
         data = synthetic_counts(n_cells=n_cells, n_genes=40, seed=seed)
-        cv.pp.setup_registry(data, layer="counts", batch_key="batch")
+        labels_key = None
+        if labels:
+            labels_key = "label"
+            types = data.obs["cell_type"].astype(str).to_numpy().copy()
+            types[np.arange(n_cells) % 3 != 0] = "Unknown"
+            data.obs[labels_key] = pd.Categorical(types)
+        cv.pp.setup_registry(data, layer="counts", batch_key="batch", labels_key=labels_key)
         return data
     mdata, _ = synthetic_citeseq(n_cells=n_cells, seed=seed)
     if kind == "mudata":

@@ -105,9 +105,7 @@ def extract_registered_data(
     batch = category_codes(
         adata, str(registry["batch_key"]), registry["batch_categories"], role="batch_key"
     )
-    labels = category_codes(
-        adata, str(registry["labels_key"]), registry["labels_categories"], role="labels_key"
-    )
+    labels = label_codes(adata, registry)
     cat_covs = _categorical_covariates(adata, registry)
     cont_covs = continuous_values(adata, str_list(registry["continuous_covariate_keys"]))
     size_factor_key = str(registry["size_factor_key"])
@@ -126,6 +124,48 @@ def extract_registered_data(
         check_matrix_type(matrix, source=source)
         X = _as_float32(matrix)
     return RegisteredData(X, batch, labels, cat_covs, cont_covs, size_factor)
+
+
+def label_codes(adata: AnnData, registry: dict) -> np.ndarray:
+    """Codes of the registered labels column.
+
+    With an ``unlabeled_category`` in the registry (a model trained on partly labelled cells),
+    data without the labels column reads as all cells unlabelled, and a value the registry does
+    not know is refused with that category as the fix.
+    """
+    key = str(registry["labels_key"])
+    categories = str_list(registry["labels_categories"])
+    unlabeled = registry.get("unlabeled_category")
+    if not key or unlabeled is None:
+        return category_codes(adata, key, registry["labels_categories"], role="labels_key")
+    unlabeled = str(unlabeled)
+    if key not in adata.obs.columns and unlabeled in categories:
+        return np.full(adata.n_obs, categories.index(unlabeled), dtype=np.int64)
+    if key not in adata.obs.columns:
+        raise KeyError(
+            f"labels_key {key!r} is not a column of adata.obs, and the model was trained with "
+            f"every cell labelled (no {unlabeled!r} cells), so it cannot read cells without a "
+            f"label: add the column, or map the data with `cv.tl.map_query`, which reads a "
+            f"query without labels as all {unlabeled!r}."
+        )
+    values = adata.obs[key].astype(str)
+    new = sorted(set(values.unique()) - set(categories) - {unlabeled})
+    if new:
+        known = [c for c in categories if c != unlabeled]
+        raise ValueError(
+            f"labels_key {key!r} has labels the model was not trained on: {quoted_list(new)}. "
+            f"It knows {quoted_list(known)}. Set the other cells to {unlabeled!r} to have them "
+            f"predicted: `obs = adata.obs[{key!r}].astype(str); adata.obs[{key!r}] = "
+            f"obs.where(obs.isin(known), {unlabeled!r})` with `known` the labels above."
+        )
+    if unlabeled not in categories:
+        if (values == unlabeled).any():
+            raise ValueError(
+                f"labels_key {key!r} has {unlabeled!r} cells, but the model was trained with "
+                f"every cell labelled and has no code for them: map the data with "
+                f"`cv.tl.map_query`, which adds the unlabelled category."
+            )
+    return category_codes(adata, key, registry["labels_categories"], role="labels_key")
 
 
 def _categorical_covariates(adata: AnnData, registry: dict) -> np.ndarray:

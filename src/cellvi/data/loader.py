@@ -358,3 +358,64 @@ def train_validation_split(
         )
     perm = torch.randperm(n_cells, generator=generator).numpy()
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A second minibatch drawn with every training minibatch and given to the module as
+    ``mb[name]`` (e.g. labelled cells balanced by label, for a classifier's loss).
+
+    Parameters
+    ----------
+    name
+        The key of the companion minibatch in the training minibatch.
+    indices
+        The cells it is drawn from (row positions in the training data).
+    weights
+        Relative probability of each of ``indices`` (``None``: equal); cells are drawn with
+        replacement.
+    size
+        Cells per companion minibatch (``None``: the training batch size).
+    """
+
+    name: str
+    indices: np.ndarray
+    weights: np.ndarray | None = None
+    size: int | None = None
+
+
+class CompanionLoader:
+    """The minibatches of ``loader``, each with a :class:`Companion` minibatch drawn from the
+    same data with the loader's generator (so that a resumed run draws the same cells).
+
+    ``data`` is the wrapped loader's (a callback that moves it to the device moves both).
+    """
+
+    def __init__(self, loader: MinibatchLoader, companion: Companion, batch_size: int) -> None:
+        self.loader = loader
+        self.name = companion.name
+        self.indices = torch.as_tensor(np.asarray(companion.indices), dtype=torch.long)
+        weights = np.ones(len(self.indices)) if companion.weights is None else companion.weights
+        self.probabilities = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        self.size = int(companion.size or batch_size)
+        if len(self.indices) == 0 or not (self.probabilities > 0).any():
+            raise ValueError(f"the companion minibatch {self.name!r} has no cell to draw from.")
+
+    @property
+    def data(self):
+        return self.loader.data
+
+    @data.setter
+    def data(self, value) -> None:
+        self.loader.data = value
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for mb in self.loader:
+            drawn = torch.multinomial(
+                self.probabilities, self.size, replacement=True, generator=self.loader.generator
+            )
+            mb[self.name] = self.loader.data.gather(self.indices[drawn], dense_x=False)
+            yield mb

@@ -19,6 +19,13 @@ The dict only holds h5ad-safe values (see :mod:`cellvi.data._format`), with thes
 ``library_log_means``, ``library_log_vars``
     Per batch, mean and variance of the log total counts of its cells (float64 arrays of length
     ``n_batch``); zero-count cells count as total 1, i.e. log 0.
+
+A model's registry (in ``.uns[key]["registry"]``) may also hold
+
+``unlabeled_category``
+    For models that learn from partly labelled cells (scANVI): the labels category a cell
+    without a label carries (str). Data without the labels column then reads as all cells
+    unlabelled, and a label the model does not know is refused with this category as the fix.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ a family of RNA counts needs are here too: :func:`hyperparameters` and :func:`mo
 :func:`rna_training_data`, :func:`init_library_prior` and :func:`init_query_library_prior`.
 """
 
+from ..data.loader import Companion
 from ._options import LR, data_shape, hyperparameters, module_options
 from ._rna import init_library_prior, init_query_library_prior, rna_training_data
 from .contract import (
@@ -35,13 +36,14 @@ from .registry import (
 )
 
 # the built-in families register themselves on import
-from . import scvi, totalvi  # noqa: E402, F401  isort: skip
+from . import scanvi, scvi, totalvi  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "LR",
     "OUTPUT_ATTRIBUTES",
     "Capability",
     "CapabilityError",
+    "Companion",
     "FamilyModule",
     "Hyperparameter",
     "ModelFamily",

@@ -44,7 +44,7 @@ class Capability:
     CRITICISM = "criticism"  #: posterior predictive checks
     MAP_QUERY = "map_query"  #: scArches-style query mapping
     TUNE = "tune"  #: hyperparameter search with ``cv.tl.tune``
-    PREDICT_LABELS = "predict_labels"  #: cell-type predictions
+    PREDICT_LABELS = "predict_labels"  #: cell labels in obs[key + "_prediction" / "_confidence"]
 
     @classmethod
     def all(cls) -> frozenset[str]:
@@ -140,6 +140,10 @@ class TrainingData:
         Further payload fields of the family (e.g. ``protein_names``), stored as given.
     summary
         Appended to the "training ... on N cells x G genes" log line (e.g. ``" + 14 proteins"``).
+    init_model
+        The trained model a warm-started model starts from (see :attr:`ModelFamily.warm_start`),
+        set by the shared training path before ``prepare``: an object with ``key``, ``module``,
+        ``registry``, ``var_names``, ``params`` and ``family``. ``None``: from scratch.
     """
 
     registry: dict[str, Any]
@@ -147,6 +151,7 @@ class TrainingData:
     var_names: Any
     extra: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    init_model: Any = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,23 @@ class ModelFamily:
         on (or mapped); ``tensors`` are its cells, ``var_names`` its genes. Called after
         training and after query mapping, before anything is written, so that all results land
         together. ``None``: nothing more.
+    warm_start
+        Training hook ``(params) -> key | None``: the ``.uns`` key of a trained model (of any
+        family) that a new model starts from, e.g. scANVI from scVI. The shared path loads it
+        from the data being trained, copies its recorded values of the options named in
+        ``inherits`` into ``params`` before the module is built (an explicitly different value
+        is an error), and hands it to ``prepare`` as ``training_data.init_model``, which copies
+        the weights it takes and checks that the two models describe the same data. ``None``,
+        or a ``None`` key: from scratch.
+    inherits
+        The options a warm-started model takes from the model it starts from (its network
+        shape, so that the weights fit).
+    companion
+        Training hook ``(training_data, params, train_indices) -> Companion | None``: a second
+        minibatch drawn with every training minibatch (a :class:`cellvi.data.loader.Companion`:
+        which cells, with which weights, how many), which the module finds as
+        ``mb[companion.name]``; e.g. scANVI's labelled cells balanced by label. Validation and
+        every verb after training see plain minibatches. ``None``: none.
     """
 
     name: str
@@ -228,6 +250,9 @@ class ModelFamily:
     uses_labels: Callable[[dict[str, Any]], bool] | None = None
     init_query: Callable[..., None] | None = None
     outputs: Callable[..., dict[str, dict[str, Any]]] | None = None
+    warm_start: Callable[[dict[str, Any]], str | None] | None = None
+    inherits: tuple[str, ...] = ()
+    companion: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - Capability.all()
@@ -243,6 +268,11 @@ class ModelFamily:
     def has_proteins(self) -> bool:
         """Whether its models read and generate protein counts as well as RNA."""
         return "protein" in self.modalities
+
+    def warm_start_key(self, params: dict[str, Any]) -> str | None:
+        """The ``.uns`` key of the model a new one with ``params`` starts from (see
+        ``warm_start``), or ``None``."""
+        return None if self.warm_start is None else self.warm_start(params)
 
     def reads_labels(self, params: dict[str, Any]) -> bool:
         """Whether a model with ``params`` reads the registered labels (see ``uses_labels``)."""

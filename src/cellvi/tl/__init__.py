@@ -12,6 +12,7 @@ from ._latent import latent_posterior
 from ._map_query import map_query
 from ._marginal_ll import marginal_ll
 from ._posterior import likelihood_parameters, posterior_predictive
+from ._scanvi_train import scanvi_train
 from ._scvi_apply import scvi_embed, scvi_normalize
 from ._scvi_train import scvi_train
 from ._totalvi_apply import totalvi_denoise, totalvi_embed, totalvi_evaluate
@@ -30,6 +31,7 @@ __all__ = [
     "marginal_ll",
     "normalize",
     "posterior_predictive",
+    "scanvi_train",
     "scvi_embed",
     "scvi_evaluate",
     "scvi_normalize",

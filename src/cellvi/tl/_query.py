@@ -79,6 +79,9 @@ def extend_registry(reference: dict, query: AnnData, *, keep_labels: bool) -> di
 
     The new batches get library-size priors from the query's cells. Without ``keep_labels``
     the labels column is unregistered (the query's cell types need not be the reference's).
+    With it, a reference whose registry names an ``unlabeled_category`` it has no cells of (it
+    was trained with every cell labelled) gains that category, so that the query's cells may
+    be unlabelled.
     """
     batch_key = str(reference["batch_key"])
     known = str_list(reference["batch_categories"])
@@ -97,8 +100,14 @@ def extend_registry(reference: dict, query: AnnData, *, keep_labels: bool) -> di
         n_cells=int(query.n_obs),
         n_zero_count_cells=int((totals == 0).sum()),
     )
+    unlabeled = registry.get("unlabeled_category")
+    labels = str_list(reference["labels_categories"])
     if not keep_labels:
         registry.update(labels_key="")
+    elif unlabeled is not None and str(unlabeled) not in labels:
+        # a reference trained with every cell labelled: the query's cells may have no label
+        registry.update(labels_categories=str_array([*labels, str(unlabeled)]),
+                        n_labels=len(labels) + 1)  # fmt: skip
     return registry
 
 

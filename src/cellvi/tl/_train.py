@@ -29,7 +29,7 @@ from ..families import ModelFamily, TrainingData, get_family
 from ..families._rna import rna_training_data
 from ..families.registry import register_shared_trainer
 from ..lifecycle.payload import encode
-from ..lifecycle.runtime import compute_latent
+from ..lifecycle.runtime import compute_latent, load_model
 from ..train.checkpoint import CheckpointSetup, prepare_checkpoint
 from ..train.interrupt import TrainingInterrupted, deferred_interrupt
 from ..train.plan import NonFiniteLossError, TrainingPlan
@@ -195,6 +195,7 @@ def train_family(
     params["seed"] = seed
     generator = seed_everything(seed)
     training = (family.read or rna_training_data)(data)
+    training.init_model = _warm_start(family, data, params)
     # options are checked by building the module before anything is trained or written
     module = family.build(params, training.registry, len(training.var_names))
     if family.prepare is not None:
@@ -210,6 +211,7 @@ def train_family(
     )  # fmt: skip
     train_idx, val_idx = train_validation_split(tensors.n_cells, params["train_size"], generator)
     checkpoint = _checkpoint_setup(run, params, training, tensors.n_cells)
+    companion = None if family.companion is None else family.companion(training, params, train_idx)
     logger.info(
         f"training {family.title} on {tensors.n_cells:,} cells x {len(training.var_names):,} "
         f"genes{training.summary} ({len(val_idx):,} held out for validation), {max_epochs} epochs"
@@ -226,6 +228,7 @@ def train_family(
             progress_bar=settings.progress_bar, description=f"{family.title} ({key_added})",
             precision=params["precision"], strategy=params["strategy"],
             num_nodes=params["num_nodes"], callbacks=run["callbacks"], checkpoint=checkpoint,
+            companion=companion,
         )  # fmt: skip
     except TrainingInterrupted:
         interrupted, partial = True, _keep_last_epoch(plan, "interrupted", max_epochs)
@@ -257,6 +260,34 @@ def train_family(
         _warn_partial(partial, key_added)
         raise KeyboardInterrupt
     return data if copy else None
+
+
+def _warm_start(family: ModelFamily, data, params: dict[str, Any]):
+    """The trained model a warm-started family starts from (``None``: from scratch); its
+    values of the options the family inherits are copied into ``params``."""
+    key = family.warm_start_key(params)
+    if key is None:
+        return None
+    if key not in data.uns:
+        raise KeyError(
+            f"{family.title} starts from the trained model at .uns[{key!r}], which is not "
+            f"there: train it first (e.g. `cv.tl.scvi_train(adata, key_added={key!r})`), or "
+            "start from scratch by passing None for that key."
+        )
+    source = load_model(data, key)
+    defaults = family.defaults()
+    for name in family.inherits:
+        if name not in source.params:
+            continue
+        given, inherited = params.get(name), source.params[name]
+        if given != inherited and given != defaults.get(name):
+            raise ValueError(
+                f"{name}={given!r} differs from the {source.family.title} model at "
+                f".uns[{key!r}] ({inherited!r}); a model started from it keeps its {name}: "
+                f"leave {name} out, or start from scratch."
+            )
+        params[name] = inherited
+    return source
 
 
 def write_results(data, results: dict[str, dict[str, Any]]) -> None:

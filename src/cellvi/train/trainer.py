@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from ..data.backed import BackedData
 from ..data.chunked_loader import ChunkedLoader
-from ..data.loader import MinibatchLoader, TensorData
+from ..data.loader import Companion, CompanionLoader, MinibatchLoader, TensorData
 from .callbacks import DeviceResidentData, EpochProgressBar
 from .checkpoint import CheckpointSetup
 from .interrupt import InterruptCheck, TrainingInterrupted, catch_interrupt
@@ -87,12 +87,15 @@ def resolve_devices(devices, strategy: str, num_nodes: int = 1) -> tuple:
     return devices, strategy
 
 
-def _training_loader(data, indices, batch_size: int, generator) -> MinibatchLoader:
-    """Shuffled minibatches of the training cells; counts on disk are read chunk by chunk."""
+def _training_loader(data, indices, batch_size: int, generator, companion=None):
+    """Shuffled minibatches of the training cells; counts on disk are read chunk by chunk.
+    With a :class:`~cellvi.data.loader.Companion`, each minibatch carries one of its own."""
     options = {"batch_size": batch_size, "generator": generator, "dense_x": False, "shard": True}
     if isinstance(data, BackedData):
-        return ChunkedLoader(data, indices, **options)
-    return MinibatchLoader(data, indices, shuffle=True, **options)
+        loader = ChunkedLoader(data, indices, **options)
+    else:
+        loader = MinibatchLoader(data, indices, shuffle=True, **options)
+    return loader if companion is None else CompanionLoader(loader, companion, batch_size)
 
 
 @contextlib.contextmanager
@@ -131,6 +134,7 @@ def fit(
     num_nodes: int = 1,
     callbacks: Sequence[pl.Callback] | None = None,
     checkpoint: CheckpointSetup | None = None,
+    companion: Companion | None = None,
 ) -> TrainingPlan:
     """Train ``plan`` on ``data``; validation runs every ``check_val_every_n_epoch`` epochs
     (every epoch when early stopping or LR-on-plateau needs it, never when ``None``).
@@ -140,10 +144,11 @@ def fit(
     Lightning's DDP; ``strategy="auto"`` then means ``"ddp_spawn"``, which also works from
     notebooks and brings the trained weights back to the calling process.
     ``callbacks`` are added to the trainer's own (progress bar, early stopping).
-    ``checkpoint`` saves (and resumes from) pickle-free checkpoints. Ctrl-C stops training
+    ``checkpoint`` saves (and resumes from) pickle-free checkpoints. ``companion`` adds a second
+    minibatch to every training minibatch (see :class:`~cellvi.data.loader.Companion`). Ctrl-C stops training
     after the current step with :class:`~cellvi.train.interrupt.TrainingInterrupted`."""
     devices, strategy = resolve_devices(devices, strategy, num_nodes)
-    train = _training_loader(data, train_indices, batch_size, generator)
+    train = _training_loader(data, train_indices, batch_size, generator, companion)
     has_val = len(validation_indices) > 0
     needs_val = early_stopping or plan.reduce_lr_on_plateau
     if needs_val and not has_val:

@@ -1,0 +1,161 @@
+"""Why cellvi's scANVI draws labelled cells balanced by type: per-type F1 with and without.
+
+cellvi only, in this process (an accuracy comparison, not a timing): for each dataset of
+``bench_scanvi.py`` (same cells, genes and 10 % label mask), scVI is trained once per seed,
+then scANVI from it twice, with ``balance_labels=True`` (cellvi's default: every type equally
+likely in the labelled minibatch) and ``balance_labels=False`` (the types' proportions, as
+scvi-tools draws them). Scored on the cells whose label was hidden: accuracy, macro F1 and the
+F1 of every type. Writes a JSON and a figure (per-type F1 against the number of labelled cells
+of the type, both settings), by default to ``docs/_static/scanvi_balance_labels.png``.
+
+Tuning nothing: the defaults are fixed, this measures one of them. Never run on the holdout data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_scanvi import DATASETS, LABELS_KEY, UNLABELED, prepare_dataset  # noqa: E402
+from bench_scvi_speed import REPO_ROOT  # noqa: E402
+
+DEFAULT_FIGURE = REPO_ROOT / "docs" / "_static" / "scanvi_balance_labels.png"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "scanvi_balance.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--scvi-epochs", type=int, default=100)
+    p.add_argument("--max-cells", type=int, default=None, help="quick checks only")
+    p.add_argument("--n-top-genes", type=int, default=2000)
+    p.add_argument("--label-fraction", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = p.parse_args(argv)
+    args.seed = 0  # the label mask and subsample of bench_scanvi.py
+    return args
+
+
+def per_type_scores(truth, predicted) -> dict:
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    classes = sorted(set(truth))
+    f1 = f1_score(truth, predicted, labels=classes, average=None, zero_division=0)
+    return {
+        "accuracy": float(np.mean(truth == predicted)),
+        "macro_f1": float(np.mean(f1)),
+        "f1": dict(zip(classes, map(float, f1), strict=True)),
+    }
+
+
+def run_dataset(name: str, args, workdir: Path) -> dict:
+    import anndata as ad
+
+    import cellvi as cv
+
+    data = prepare_dataset(name, args, workdir)
+    hidden = ~data["given"]
+    truth = data["truth"][hidden]
+    out = {"info": data["info"], "runs": []}
+    for seed in args.seeds:
+        adata = ad.read_h5ad(data["file"])
+        batch = "batch" if "batch" in adata.obs else None
+        cv.pp.setup_registry(adata, layer=None, batch_key=batch, labels_key=LABELS_KEY)
+        cv.tl.scvi_train(adata, max_epochs=args.scvi_epochs, seed=seed)
+        for balance in (True, False):
+            cv.tl.scanvi_train(adata, unlabeled_category=UNLABELED, balance_labels=balance,
+                               seed=seed, key_added="scanvi")  # fmt: skip
+            predicted = adata.obs["scanvi_prediction"].astype(str).to_numpy()[hidden]
+            scores = per_type_scores(truth, predicted)
+            out["runs"].append({"seed": seed, "balance_labels": balance, **scores})
+            print(f"{name} seed {seed} balance_labels={balance}: accuracy "
+                  f"{scores['accuracy']:.3f}, macro F1 {scores['macro_f1']:.3f}", flush=True)  # fmt: skip
+    return out
+
+
+def summary(result: dict) -> dict:
+    import numpy as np
+
+    table = {}
+    for balance in (True, False):
+        runs = [r for r in result["runs"] if r["balance_labels"] is balance]
+        table[str(balance)] = {
+            "accuracy_mean": float(np.mean([r["accuracy"] for r in runs])),
+            "macro_f1_mean": float(np.mean([r["macro_f1"] for r in runs])),
+            "f1_mean": {c: float(np.mean([r["f1"][c] for r in runs])) for c in runs[0]["f1"]},
+        }
+    return table
+
+
+def _seeds(result: dict) -> str:
+    k = len(result["runs"]) // 2
+    return "one seed" if k == 1 else f"mean of {k} seeds"
+
+
+def figure(results: dict, path: Path) -> None:
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4), layout="constrained")
+    axes = [axes] if len(results) == 1 else axes
+    for ax, (name, result) in zip(axes, results.items(), strict=True):
+        per_class = result["info"]["labelled_per_class"]
+        table = summary(result)
+        classes = sorted(per_class, key=lambda c: per_class[c]["n_labelled"])
+        n = np.asarray([per_class[c]["n_labelled"] for c in classes])
+        for balance, marker, label in ((True, "o", "balanced (cellvi default)"),
+                                       (False, "x", "proportional (scvi-tools)")):  # fmt: skip
+            t = table[str(balance)]
+            f1 = [t["f1_mean"][c] for c in classes]
+            ax.scatter(n, f1, marker=marker, label=f"{label}: macro F1 {t['macro_f1_mean']:.3f}")
+        ax.set_xscale("log")
+        ax.set(xlabel="labelled cells of the type (log)", ylabel="F1 on its hidden cells",
+               title=f"{name} ({len(classes)} types, {_seeds(result)})",
+               ylim=(-0.02, 1.02))  # fmt: skip
+        ax.legend(frameon=False, fontsize="small", loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import cellvi as cv
+
+    cv.settings.progress_bar = False
+    cv.settings.verbosity = 1
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_scanvi_balance_") as tmp:
+        for name in args.datasets:
+            results[name] = run_dataset(name, args, Path(tmp))
+    for name, result in results.items():
+        for balance, row in summary(result).items():
+            print(f"{name:16s} balance_labels={balance:5s} accuracy {row['accuracy_mean']:.3f} "
+                  f"macro F1 {row['macro_f1_mean']:.3f}")  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    args.output.write_text(json.dumps({"settings": settings, "results": results,
+                                       "summary": {k: summary(v) for k, v in results.items()}},
+                                      indent=2))  # fmt: skip
+    figure(results, args.figure)
+    print(f"results: {args.output}\nfigure: {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""The scANVI family: cell-type annotation from a few labelled cells (Xu et al. 2021).
+
+RNA counts of one AnnData with a registered labels column in which the cells without a label
+carry one category (``unlabeled_category``, default ``"Unknown"``). A model starts from the
+trained scVI model in ``.uns[scvi_key]`` (its encoder, decoder and dispersion are copied, as
+scvi-tools' ``SCANVI.from_scvi_model``) or, with ``scvi_key=None``, from scratch. Beside the
+latent it writes the predicted label of every cell, its confidence and the class probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data._format import str_list
+from ..data.loader import Companion, MinibatchLoader
+from ..models.scanvi import SCANVIModule
+from ..models.scvi import SCVIModule
+from ._options import LR, data_shape, hyperparameters, module_options
+from ._rna import init_library_prior, init_query_library_prior, rna_training_data
+from .contract import Capability, Hyperparameter, ModelFamily, TrainingData
+from .registry import register_family
+
+#: Options of ``SCANVIModule`` a user chooses; the rest come from the registry and var names.
+MODULE_OPTIONS = module_options(SCANVIModule)
+#: What a model started from scVI takes from it: the network shape of the shared parts.
+INHERITS = tuple(o for o in module_options(SCVIModule) if o in MODULE_OPTIONS)
+#: Epochs of a model started from a trained scVI (as the peer: a fine-tune, not a fresh fit).
+WARM_START_EPOCHS = 10
+#: The module's own parts, which a model started from scVI does not find there.
+OWN_PARTS = ("classifier.", "z2_encoder.", "z1_decoder.", "log_label_prior")
+
+
+def class_names(registry: dict[str, Any], unlabeled_category: str) -> list[str]:
+    """The registry's label categories without the unlabelled one: the classes, in order."""
+    return [c for c in str_list(registry["labels_categories"]) if c != unlabeled_category]
+
+
+def build_module(params: dict[str, Any], registry: dict[str, Any], n_vars: int) -> SCANVIModule:
+    """The untrained module described by ``params`` on data shaped by ``registry``."""
+    options = {k: params[k] for k in MODULE_OPTIONS if k in params}
+    shape = data_shape(registry, n_vars)
+    categories = str_list(registry["labels_categories"])
+    unlabeled = str(params.get("unlabeled_category", "Unknown"))
+    code = categories.index(unlabeled) if unlabeled in categories else -1
+    names = class_names(registry, unlabeled)
+    if len(names) < 2:
+        found = f"only {names}" if names else f"every cell is {unlabeled!r}"
+        raise ValueError(
+            f"scANVI needs labelled cells of at least two cell types in the labels column "
+            f"{registry['labels_key']!r}; {found}. Label some cells (or pass the category your "
+            "unlabelled cells carry as unlabeled_category)."
+        )
+    module = SCANVIModule(shape.pop("n_input"), code, **shape, **options)
+    module.class_names = names  # what the outputs hook names
+    return module
+
+
+def read(adata) -> TrainingData:
+    """The registered counts, once the registry is checked to have a labels column."""
+    training = rna_training_data(adata)
+    if not str(training.registry["labels_key"]):
+        raise ValueError(
+            "scANVI needs cell labels: register them with `cv.pp.setup_registry(adata, ..., "
+            "labels_key='cell_type')`, the cells without a label in one category (e.g. "
+            "'Unknown', passed as unlabeled_category)."
+        )
+    return training
+
+
+#: Category names that mark unlabelled cells in common annotations (compared in lower case).
+UNLABELLED_NAMES = ("unknown", "unlabeled", "unlabelled", "nan", "na", "none", "")
+
+
+def _check_labels(data: TrainingData, module: SCANVIModule, params: dict[str, Any]) -> np.ndarray:
+    """Class counts among the labelled cells; an error for an unlabelled category taken as a
+    cell type (``unlabeled_category`` not in the column, but a look-alike is), no labelled
+    cell, or an empty class."""
+    classes = module.classes(data.tensors.labels).numpy()
+    unlabeled = params["unlabeled_category"]
+    names = class_names(data.registry, unlabeled)
+    if module.unlabeled_code < 0:
+        alike = [n for n in names if n.strip().lower() in {*UNLABELLED_NAMES, unlabeled.lower()}]
+        if alike:
+            raise ValueError(
+                f"the labels column {data.registry['labels_key']!r} has no {unlabeled!r} "
+                f"category but has {alike[0]!r}, which would be learned as a cell type: pass "
+                f"unlabeled_category={alike[0]!r} (a reference with every cell labelled needs "
+                "neither)."
+            )
+    counts = np.bincount(classes[classes >= 0], minlength=module.n_classes)
+    key = data.registry["labels_key"]
+    if counts.sum() == 0:
+        raise ValueError(
+            f"every cell of labels column {key!r} is {params['unlabeled_category']!r}: scANVI "
+            "needs some labelled cells (or pass the category your unlabelled cells carry as "
+            "unlabeled_category)."
+        )
+    empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
+    if empty:
+        raise ValueError(
+            f"label categories {empty} of column {key!r} have no labelled cell: remove the "
+            f"unused categories (`adata.obs[{key!r}] = adata.obs[{key!r}]"
+            ".cat.remove_unused_categories()`) and run `cv.pp.setup_registry` again."
+        )
+    return counts
+
+
+def _copy_weights(module: SCANVIModule, data: TrainingData) -> None:
+    """The shared parts' weights from the model the new one starts from, after checking that
+    it was trained on the same registry."""
+    source = data.init_model
+    where = f"the {source.family.title} model at .uns[{source.key!r}]"
+    fix = "retrain it on this registry, or pass scvi_key=None to start from scratch"
+    same = ("layer", "batch_key", "batch_categories", "categorical_covariate_keys",
+            "continuous_covariate_keys")  # fmt: skip
+    for name in same:
+        if str_list(np.atleast_1d(source.registry[name])) != str_list(np.atleast_1d(data.registry[name])):  # fmt: skip
+            raise ValueError(f"{where} was trained on a different registry ({name} differs): {fix}.")  # fmt: skip
+    if list(source.var_names) != list(data.var_names):
+        raise ValueError(f"{where} was trained on other genes: {fix}.")
+    state = source.module.state_dict()
+    own = module.state_dict()
+    extra = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state and not k.startswith(OWN_PARTS)]
+    if extra or wrong or missing:
+        raise ValueError(f"{where} is not an scVI model whose weights fit scANVI's ({(extra + wrong + missing)[:3]}): {fix}.")  # fmt: skip
+    module.load_state_dict(state, strict=False)
+
+
+def prepare(module: SCANVIModule, data: TrainingData, params: dict[str, Any]) -> dict[str, Any]:
+    """Checks of the labels, the library prior, ``p(y)``, and the scVI weights when warm-started;
+    a warm start trains :data:`WARM_START_EPOCHS` epochs without KL warm-up by default."""
+    counts = _check_labels(data, module, params)
+    # recorded in the model's registry: data without the labels column reads as unlabelled
+    data.registry = {**data.registry, "unlabeled_category": str(params["unlabeled_category"])}
+    init_library_prior(module, data, params)
+    if params["label_prior"] == "frequency":
+        module.log_label_prior.copy_(torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32))  # fmt: skip
+    if data.init_model is None:
+        return {}
+    _copy_weights(module, data)
+    resolved = {}
+    if params.get("max_epochs") is None:
+        resolved["max_epochs"] = WARM_START_EPOCHS
+    if params.get("n_epochs_kl_warmup") is None:
+        resolved["n_epochs_kl_warmup"] = 0  # the scVI model's KL is warmed up already
+    return resolved
+
+
+@torch.inference_mode()
+def probabilities(module: SCANVIModule, tensors, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities of every cell, ``(n_cells, n_classes)``."""
+    device = next(module.parameters()).device
+    module.eval()
+    loader = MinibatchLoader(tensors, np.arange(tensors.n_cells), batch_size=batch_size)
+    parts = [module.predict_proba({k: v.to(device) for k, v in mb.items()}).cpu() for mb in loader]
+    return torch.cat(parts).numpy().astype(np.float32)
+
+
+def outputs(module: SCANVIModule, tensors, var_names, key: str) -> dict[str, dict[str, Any]]:
+    """Predicted label (categorical, the registry's classes), its probability (confidence) and
+    all class probabilities (columns named in ``uns[key + "_probabilities_columns"]``)."""
+    proba = probabilities(module, tensors)
+    names = list(module.class_names)
+    return {
+        "obs": {
+            f"{key}_prediction": pd.Categorical.from_codes(proba.argmax(1), categories=names),
+            f"{key}_confidence": proba.max(1),
+        },
+        "obsm": {f"{key}_probabilities": proba},
+        "uns": {f"{key}_probabilities_columns": np.asarray(names, dtype=str)},
+    }
+
+
+def companion(data: TrainingData, params: dict[str, Any], train_indices) -> Companion | None:
+    """With ``balance_labels``: a minibatch of labelled training cells with every training
+    minibatch, each class equally likely, for the classification loss (off by default: on the
+    benchmark data it cost accuracy and gained no macro F1)."""
+    if not params.get("balance_labels", False):
+        return None
+    categories = str_list(data.registry["labels_categories"])
+    unlabeled = params["unlabeled_category"]
+    code = categories.index(unlabeled) if unlabeled in categories else -1
+    train_indices = np.asarray(train_indices)
+    codes = data.tensors.labels.numpy()[train_indices]
+    labelled = codes != code
+    if not labelled.any():
+        return None
+    counts = np.bincount(codes[labelled], minlength=len(categories))
+    weights = 1.0 / counts[codes[labelled]]
+    return Companion("labelled", train_indices[labelled], weights, int(params["batch_size"]))
+
+
+def warm_start(params: dict[str, Any]) -> str | None:
+    return params.get("scvi_key")
+
+
+FAMILY = register_family(
+    ModelFamily(
+        name="scanvi",
+        title="scANVI",
+        key_added="scanvi",
+        build=build_module,
+        modalities=("rna",),
+        registry_fields=(
+            "layer",
+            "batch_categories",
+            "n_batch",
+            "n_labels",
+            "labels_key",
+            "labels_categories",
+        ),  # fmt: skip
+        capabilities=frozenset(Capability.all() - {Capability.DENOISE_PROTEINS}),
+        hyperparameters=hyperparameters(
+            SCANVIModule,
+            {
+                "n_latent": ("int", 5, 30),
+                "n_hidden": ("cat", [64, 128, 256]),
+                "n_layers": ("int", 1, 3),
+                "dropout_rate": ("float", 0.0, 0.3),
+                "classification_ratio": ("float_log", 5.0, 500.0),
+                "linear_classifier": ("cat", [False, True]),
+            },
+            {
+                "unlabeled_category": Hyperparameter("Unknown"),
+                "balance_labels": Hyperparameter(False, ("cat", [False, True])),
+                "scvi_key": Hyperparameter("scvi"),
+                "lr": LR,
+                "batch_size": Hyperparameter(128),
+            },
+        ),
+        verbs={Capability.PREDICT_LABELS: "cv.tl.scanvi_train"},
+        train_verb="cv.tl.scanvi_train",
+        data_hint="an AnnData with a registered labels column",
+        read=read,
+        prepare=prepare,
+        uses_labels=lambda params: True,
+        init_query=init_query_library_prior,
+        outputs=outputs,
+        warm_start=warm_start,
+        companion=companion,
+        inherits=INHERITS,
+    )
+)

@@ -1,0 +1,246 @@
+"""scANVI (Xu et al. 2021, *Mol. Syst. Biol.* 17:e9620) as a pure torch module.
+
+The scVI generative model with the cell's label in the prior of its latent:
+
+``y ~ p(y)`` (uniform, or the labelled cells' class frequencies), ``z2 ~ N(0, I)``,
+``z1 | z2, y ~ N(mu(z2, y), sigma^2(z2, y))``, ``x | z1, l ~`` scVI's count distribution.
+
+The variational family is ``q(z1 | x) q(y | z1) q(z2 | z1, y)``: scVI's encoder for ``z1``, a
+classifier for ``y`` and a Gaussian encoder for ``z2``. A labelled cell's ELBO takes its label
+as observed; an unlabelled cell's averages the label-dependent terms over ``q(y | z1)``
+(enumerated, no sampling) and adds the entropy of ``q(y | z1)``. The classifier also gets a
+cross-entropy loss on the labelled cells, weighted by ``classification_ratio``, which is what
+makes it a good classifier rather than only a good variational posterior (Kingma et al. 2014).
+
+``z1`` is the latent every generic verb sees (``inference`` returns it as ``z``): the embedding
+is its posterior mean, and decoding, normalisation, DE and criticism are scVI's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn import MLP, GaussianEncoder
+from .scvi import LossTerms, SCVIModule, _kl_normal, _kl_standard_normal, _nonzeros, log_normal
+
+LABEL_PRIORS = ("uniform", "frequency")
+
+
+class SCANVIModule(SCVIModule):
+    """scANVI: scVI with a label-dependent prior on the latent and a classifier.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    unlabeled_code
+        The registry's code of the unlabelled category (``-1``: every cell is labelled). The
+        other codes are the classes, in registry order.
+    n_batch, n_labels, n_cats_per_cov, n_cont
+        As in :class:`~cellvi.models.scvi.SCVIModule` (``n_labels`` counts the registry's label
+        categories, the unlabelled one included).
+    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
+    use_observed_lib_size, encode_covariates, deeply_inject_covariates, batch_representation,
+    batch_embedding_dim, use_batch_norm, use_layer_norm
+        As in :class:`~cellvi.models.scvi.SCVIModule` (the latent is Gaussian; a per-label
+        dispersion is not offered since most cells have no label).
+    classification_ratio
+        Weight of the classifier's mean cross-entropy on labelled cells in the loss.
+    linear_classifier
+        One linear layer from ``z1`` to the class logits instead of a hidden layer.
+    label_prior
+        ``p(y)``: ``"uniform"``, or ``"frequency"`` (the labelled cells' class frequencies,
+        set in ``log_label_prior`` when training starts).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        unlabeled_code: int = -1,
+        *,
+        n_batch: int = 1,
+        n_labels: int = 1,
+        n_cats_per_cov: Sequence[int] = (),
+        n_cont: int = 0,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: str = "gene",
+        gene_likelihood: str = "zinb",
+        use_observed_lib_size: bool = True,
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        batch_representation: str = "one-hot",
+        batch_embedding_dim: int = 5,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
+        classification_ratio: float = 50.0,
+        linear_classifier: bool = False,
+        label_prior: str = "uniform",
+    ) -> None:
+        if dispersion == "gene-label":
+            raise ValueError(
+                "dispersion='gene-label' is not available for scANVI (most cells have no label "
+                "to index it); use 'gene', 'gene-batch' or 'gene-cell'."
+            )
+        if label_prior not in LABEL_PRIORS:
+            raise ValueError(f"label_prior={label_prior!r} is not valid; choose one of {list(LABEL_PRIORS)}.")  # fmt: skip
+        if not classification_ratio >= 0:
+            raise ValueError(f"classification_ratio must be >= 0, got {classification_ratio!r}.")
+        super().__init__(
+            n_input, n_batch=n_batch, n_labels=n_labels, n_cats_per_cov=n_cats_per_cov,
+            n_cont=n_cont, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers,
+            dropout_rate=dropout_rate, dispersion=dispersion, gene_likelihood=gene_likelihood,
+            latent_distribution="normal", use_observed_lib_size=use_observed_lib_size,
+            encode_covariates=encode_covariates, deeply_inject_covariates=deeply_inject_covariates,
+            batch_representation=batch_representation, batch_embedding_dim=batch_embedding_dim,
+            use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
+        )  # fmt: skip
+        if not -1 <= unlabeled_code < n_labels:
+            raise ValueError(f"unlabeled_code={unlabeled_code} is not a label code (0..{n_labels - 1}) or -1.")  # fmt: skip
+        self.unlabeled_code = int(unlabeled_code)
+        self.n_classes = n_labels - (unlabeled_code >= 0)
+        if self.n_classes < 2:
+            raise ValueError(f"scANVI needs at least 2 classes, got {self.n_classes}.")
+        self.classification_ratio = float(classification_ratio)
+        codes = torch.arange(n_labels)
+        classes = codes - (codes > unlabeled_code).long() * (unlabeled_code >= 0)
+        classes[codes == unlabeled_code] = -1
+        # derived from the arguments, not stored: a mapped query may add the unlabelled code
+        self.register_buffer("class_of_code", classes, persistent=False)
+        self.register_buffer("log_label_prior", torch.full((self.n_classes,), -math.log(self.n_classes)))  # fmt: skip
+        norm = {
+            "use_batch_norm": use_batch_norm in ("both", "encoder"),
+            "use_layer_norm": use_layer_norm in ("both", "encoder"),
+        }
+        if linear_classifier:
+            self.classifier = nn.Linear(n_latent, self.n_classes)
+        else:
+            self.classifier = nn.Sequential(
+                MLP(n_latent, n_hidden, n_layers=1, dropout_rate=dropout_rate, **norm),
+                nn.Linear(n_hidden, self.n_classes),
+            )
+        shape = {"n_hidden": n_hidden, "n_layers": n_layers, "n_cats": [self.n_classes], **norm}
+        self.z2_encoder = GaussianEncoder(n_latent, n_latent, dropout_rate=dropout_rate, **shape)
+        self.z1_decoder = GaussianEncoder(n_latent, n_latent, dropout_rate=0.0, **shape)
+
+    # -- classes ------------------------------------------------------------------------------
+    def classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class of each registry label code (``-1`` for unlabelled cells)."""
+        return self.class_of_code[labels.long()]
+
+    def class_logits(self, z1: torch.Tensor) -> torch.Tensor:
+        """Logits of ``q(y | z1)``, in float32."""
+        return self.classifier(z1.float()).float()
+
+    @torch.inference_mode()
+    def predict_proba(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``q(y | E[z1 | x])`` per cell and class: the classifier at the posterior mean."""
+        qz_m = self.inference(
+            mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"),
+            deterministic=True,
+        )["qz_m"]  # fmt: skip
+        return torch.softmax(self.class_logits(qz_m), dim=-1)
+
+    # -- the label-dependent prior -------------------------------------------------------------
+    def _per_class_terms(self, z1: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For every cell and class: ``log p(z1 | z2, y)``, ``log N(z2; 0, I)`` and
+        ``log q(z2 | z1, y)`` at one draw ``z2 ~ q(z2 | z1, y)``, and ``KL(q(z2) || p(z2))``;
+        each ``(n_cells, n_classes)``."""
+        n, c = z1.shape[0], self.n_classes
+        ys = torch.arange(c, device=z1.device).repeat_interleave(n)
+        z1r = z1.float().repeat(c, 1)
+        m2, v2 = (t.float() for t in self.z2_encoder(z1r, [ys]))
+        z2 = m2 + v2.sqrt() * torch.randn_like(m2)
+        m1, v1 = (t.float() for t in self.z1_decoder(z2, [ys]))
+        terms = (
+            log_normal(z1r, m1, v1).sum(-1),
+            log_normal(z2, torch.zeros_like(z2), torch.ones_like(z2)).sum(-1),
+            log_normal(z2, m2, v2).sum(-1),
+            _kl_standard_normal(m2, v2),
+        )
+        return tuple(t.view(c, n).T for t in terms)
+
+    def latent_kl(self, z1, qz_m, qz_v, classes) -> torch.Tensor:
+        """The latent part of the negative ELBO per cell, ``log q(z1|x) - log p(z1, y)`` in
+        expectation: labelled cells (``classes >= 0``) take their class; unlabelled ones
+        average over ``q(y | z1)`` and pay ``KL(q(y | z1) || p(y))``."""
+        log_p_z1, _, _, kl_z2 = self._per_class_terms(z1)
+        per_class = kl_z2 - log_p_z1  # -E log p(z1 | z2, y) + KL(q(z2 | z1, y) || p(z2))
+        log_prior = self.log_label_prior.float()
+        log_q = torch.log_softmax(self.class_logits(z1), dim=-1)
+        q = log_q.exp()
+        unlabelled = (q * per_class).sum(-1) + (q * (log_q - log_prior)).sum(-1)
+        known = classes.clamp(min=0).unsqueeze(-1)
+        labelled = per_class.gather(1, known).squeeze(-1) - log_prior[known.squeeze(-1)]
+        entropy = 0.5 * (math.log(2 * math.pi * math.e) + torch.log(qz_v)).sum(-1)
+        return torch.where(classes >= 0, labelled, unlabelled) - entropy
+
+    def log_prior_z1(self, z1: torch.Tensor) -> torch.Tensor:
+        """Importance-sampled ``log p(z1) = log sum_y p(y) E_q(z2|z1,y)[p(z1|z2,y) p(z2) /
+        q(z2|z1,y)]`` per cell, one draw of ``z2`` per class."""
+        log_p_z1, log_p_z2, log_q_z2, _ = self._per_class_terms(z1)
+        log_prior = self.log_label_prior.float()
+        return torch.logsumexp(log_prior + log_p_z1 + log_p_z2 - log_q_z2, dim=-1)
+
+    # -- the contract --------------------------------------------------------------------------
+    def generative(self, z, log_library, batch, labels, cat_covs, cont_covs, *, deterministic=False):  # fmt: skip
+        """scVI's ``p(x | z1, l)`` parameters, with ``z1`` itself (``log_joint`` scores it)."""
+        out = super().generative(z, log_library, batch, labels, cat_covs, cont_covs)
+        out["z1"] = z
+        return out
+
+    def log_joint(self, mb: dict, gen: dict) -> torch.Tensor:
+        """``log p(x | z1) + log p(z1) - log N(z1; 0, I)``: the samplers score ``z1`` against
+        a standard normal prior, which scANVI's is not."""
+        z1 = gen["z1"].float()
+        standard = log_normal(z1, torch.zeros_like(z1), torch.ones_like(z1)).sum(-1)
+        return self.log_likelihood(mb["x"], gen, mb) + self.log_prior_z1(z1) - standard
+
+    def classification_loss(self, mb: dict[str, torch.Tensor], qz_m: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the classifier at ``E[z1 | x]`` on the labelled cells: those of
+        the label-balanced companion minibatch ``mb["labelled"]`` when the loader gives one,
+        else those of ``mb`` itself (``0`` without any)."""
+        if "labelled" in mb:
+            companion = mb["labelled"]
+            qz_m = self.inference(
+                companion.get("x"), companion["batch"], companion["cat_covs"],
+                companion["cont_covs"], companion.get("size_factor"), nz=_nonzeros(companion),
+            )["qz_m"]  # fmt: skip
+            classes = self.classes(companion["labels"])
+        else:
+            classes = self.classes(mb["labels"])
+        known = classes >= 0
+        if not bool(known.any()):
+            return qz_m.new_zeros(())
+        # the classifier sees every cell (its batch norm needs several), the loss the labelled ones
+        return F.cross_entropy(self.class_logits(qz_m)[known], classes[known])
+
+    def forward(self, mb: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossTerms:
+        """Negative ELBO per cell (labelled and unlabelled), plus the weighted classification
+        loss in ``loss``; the latent terms are scaled by ``kl_weight``."""
+        inf = self.inference(
+            mb.get("x"), mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"),
+            nz=_nonzeros(mb),
+        )  # fmt: skip
+        gen = SCVIModule.generative(
+            self, inf["z"], inf["log_library"], mb["batch"], mb["labels"], mb["cat_covs"],
+            mb["cont_covs"],
+        )  # fmt: skip
+        reconstruction = -self.log_likelihood(mb.get("x"), gen, mb)
+        kl_z = self.latent_kl(inf["z"], inf["qz_m"], inf["qz_v"], self.classes(mb["labels"]))
+        kl_library = torch.zeros_like(kl_z)
+        if self.l_encoder is not None:
+            prior_m = self.library_log_means[mb["batch"]]
+            prior_v = self.library_log_vars[mb["batch"]]
+            kl_library = _kl_normal(inf["ql_m"], inf["ql_v"], prior_m, prior_v)
+        loss = (reconstruction + kl_weight * kl_z + kl_library).mean()
+        if self.training and self.classification_ratio > 0:
+            loss = loss + self.classification_ratio * self.classification_loss(mb, inf["qz_m"])
+        return LossTerms(loss, reconstruction, kl_z, kl_library)

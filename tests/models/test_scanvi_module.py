@@ -1,0 +1,87 @@
+"""The scANVI engine: label codes, the ELBO of labelled and unlabelled cells, log p(z1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cellvi.models.scanvi import SCANVIModule
+
+
+def _minibatch(n: int = 24, genes: int = 30, n_labels: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(n, genes, generator=g) * 5)
+    return {
+        "x": x,
+        "batch": torch.randint(0, 2, (n,), generator=g),
+        "labels": torch.randint(0, n_labels, (n,), generator=g),
+        "cat_covs": torch.zeros(n, 0, dtype=torch.long),
+        "cont_covs": torch.zeros(n, 0),
+        "log_x_factorial": torch.lgamma(x + 1).sum(1),
+    }
+
+
+def test_label_codes_map_to_classes_without_the_unlabelled_one():
+    module = SCANVIModule(30, 2, n_batch=2, n_labels=4, n_hidden=16)
+    assert module.n_classes == 3
+    assert module.class_of_code.tolist() == [0, 1, -1, 2]
+    fully = SCANVIModule(30, -1, n_labels=3, n_hidden=16)
+    assert fully.class_of_code.tolist() == [0, 1, 2]
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="gene-label"):
+        SCANVIModule(30, 0, n_labels=3, dispersion="gene-label")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        SCANVIModule(30, 0, n_labels=2)
+    with pytest.raises(ValueError, match="label_prior"):
+        SCANVIModule(30, 0, n_labels=3, label_prior="nope")
+
+
+def test_unlabelled_elbo_is_the_q_weighted_labelled_one_plus_the_label_kl():
+    """With q(y | z1) pinned to one class, an unlabelled cell's latent term equals that of the
+    same cell labelled with that class, up to log p(y) = KL(delta || uniform)."""
+    torch.manual_seed(0)
+    module = SCANVIModule(30, 2, n_batch=2, n_labels=4, n_hidden=16, linear_classifier=True).eval()
+    with torch.no_grad():
+        module.classifier.weight.zero_()
+        module.classifier.bias.copy_(torch.tensor([0.0, 40.0, 0.0]))  # class 1 almost surely
+    z1, v = torch.randn(8, 10), torch.full((8, 10), 0.5)
+    torch.manual_seed(1)
+    unlabelled = module.latent_kl(z1, z1, v, torch.full((8,), -1))
+    torch.manual_seed(1)
+    labelled = module.latent_kl(z1, z1, v, torch.full((8,), 1))
+    # labelled pays -log p(y) = log 3; unlabelled pays KL(q || uniform) = log 3 - H(q) ~ log 3
+    torch.testing.assert_close(unlabelled, labelled, atol=1e-4, rtol=0)
+
+
+def test_forward_and_log_joint_are_finite_and_differentiable():
+    torch.manual_seed(0)
+    module = SCANVIModule(30, 2, n_batch=2, n_labels=4, n_hidden=16)
+    mb = _minibatch()
+    terms = module(mb)
+    assert terms.kl_z.shape == (24,) and torch.isfinite(terms.loss)
+    terms.loss.backward()
+    assert module.classifier[1].weight.grad.abs().sum() > 0
+    module.eval()
+    proba = module.predict_proba(mb)
+    torch.testing.assert_close(proba.sum(-1), torch.ones(24))
+    with torch.no_grad():
+        inf = module.inference(mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"])
+        gen = module.generative(inf["z"], inf["log_library"], mb["batch"], mb["labels"],
+                                mb["cat_covs"], mb["cont_covs"])  # fmt: skip
+        assert torch.isfinite(module.log_joint(mb, gen)).all()
+
+
+def test_log_prior_z1_is_a_normalised_density():
+    """exp(log p(z1)) integrates to about 1 over z1 (importance check with a wide Gaussian)."""
+    torch.manual_seed(0)
+    module = SCANVIModule(5, -1, n_labels=2, n_hidden=8, n_latent=2).eval()
+    scale = 3.0
+    z = torch.randn(20000, 2) * scale
+    log_proposal = (-0.5 * (z / scale).square() - math.log(2 * math.pi * scale**2) / 2).sum(-1)
+    with torch.no_grad():
+        estimate = torch.exp(module.log_prior_z1(z) - log_proposal).mean()
+    assert float(estimate) == pytest.approx(1.0, abs=0.1)
