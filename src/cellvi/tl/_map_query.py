@@ -19,6 +19,7 @@ from ..lifecycle.payload import encode
 from ..lifecycle.runtime import compute_latent, load_model
 from ..train.plan import TrainingPlan
 from ..train.trainer import default_max_epochs, fit, resolve_precision
+from ..utils.native import take_used
 from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
 from ._query import gene_overlap, genes_match, prepare_rna
@@ -213,6 +214,7 @@ def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerato
     # frozen entries must not move: Adam's weight decay would move them, so it is off
     plan = TrainingPlan(module, lr=lr, weight_decay=0.0, n_epochs_kl_warmup=0)
     context = frozen_except(module, masks) if freeze else nullcontext()
+    take_used()  # the payload records the kernels this training uses
     with context:
         fit(
             plan,

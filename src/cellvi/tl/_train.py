@@ -41,6 +41,7 @@ from ..train.trainer import (
     resolve_precision,
 )
 from ..utils.distributed import is_main_process
+from ..utils.native import take_used
 from ..utils.seeding import seed_everything
 from ..utils.session import session_report, versions
 from ._evaluate import evaluate_module
@@ -217,6 +218,7 @@ def train_family(
         f"genes{training.summary} ({len(val_idx):,} held out for validation), {max_epochs} epochs"
     )
     plan = _make_plan(family, module, params, training.registry)
+    take_used()  # the payload records the kernels this training uses, not earlier calls'
     try:
         fit(
             plan, tensors, train_indices=train_idx, validation_indices=val_idx,
