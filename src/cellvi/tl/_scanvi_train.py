@@ -92,11 +92,17 @@ def scanvi_train(
         likely, for the classification loss. ``False`` (default): the loss sees the labelled
         cells that the minibatch happens to hold, in the labels' proportions. Balancing did not
         help on the benchmark data (see the scANVI guide in the docs), so it is an option.
-    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
-    use_observed_lib_size, encode_covariates, deeply_inject_covariates, batch_representation,
-    batch_embedding_dim, use_batch_norm, use_layer_norm
-        Network and likelihood, as in :func:`cellvi.tl.scvi_train` (taken from the scVI model
-        when starting from one).
+    n_hidden, n_latent, n_layers, dropout_rate
+        Network shape, as in :func:`cellvi.tl.scvi_train` (taken from the scVI model when
+        starting from one, as are the options below up to ``use_layer_norm``).
+    dispersion, gene_likelihood, use_observed_lib_size
+        Likelihood, as in :func:`cellvi.tl.scvi_train`.
+    encode_covariates, deeply_inject_covariates
+        Covariate injection, as in :func:`cellvi.tl.scvi_train`.
+    batch_representation, batch_embedding_dim
+        Batch representation, as in :func:`cellvi.tl.scvi_train`.
+    use_batch_norm, use_layer_norm
+        Normalisation layers, as in :func:`cellvi.tl.scvi_train`.
     max_epochs
         Passes over the training cells. ``None``: 10 when starting from scVI (a fine-tune, as
         the peer), else the rule of :func:`cellvi.tl.scvi_train`.
@@ -105,9 +111,13 @@ def scanvi_train(
     n_epochs_kl_warmup
         KL warm-up epochs. ``None``: none when starting from scVI (its KL is warmed up), else
         the first quarter of ``max_epochs``.
-    early_stopping, early_stopping_patience, reduce_lr_on_plateau, check_val_every_n_epoch
+    early_stopping, early_stopping_patience
         As in :func:`cellvi.tl.scvi_train`.
-    gradient_clip_val, seed, precision, accelerator, devices, strategy, num_nodes
+    reduce_lr_on_plateau, check_val_every_n_epoch, gradient_clip_val
+        As in :func:`cellvi.tl.scvi_train`.
+    seed, precision, accelerator, devices
+        As in :func:`cellvi.tl.scvi_train`.
+    strategy, num_nodes
         As in :func:`cellvi.tl.scvi_train`.
     checkpoint_dir, checkpoint_every, resume, callbacks
         As in :func:`cellvi.tl.scvi_train`.
