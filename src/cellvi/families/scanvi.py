@@ -39,13 +39,18 @@ def class_names(registry: dict[str, Any], unlabeled_category: str) -> list[str]:
     return [c for c in str_list(registry["labels_categories"]) if c != unlabeled_category]
 
 
+def unlabeled_code(registry: dict[str, Any], unlabeled_category: str) -> int:
+    """The registry's code of the unlabelled category, ``-1`` when no cell carries it."""
+    categories = str_list(registry["labels_categories"])
+    return categories.index(unlabeled_category) if unlabeled_category in categories else -1
+
+
 def build_module(params: dict[str, Any], registry: dict[str, Any], n_vars: int) -> SCANVIModule:
     """The untrained module described by ``params`` on data shaped by ``registry``."""
     options = {k: params[k] for k in MODULE_OPTIONS if k in params}
     shape = data_shape(registry, n_vars)
-    categories = str_list(registry["labels_categories"])
     unlabeled = str(params.get("unlabeled_category", "Unknown"))
-    code = categories.index(unlabeled) if unlabeled in categories else -1
+    code = unlabeled_code(registry, unlabeled)
     names = class_names(registry, unlabeled)
     if len(names) < 2:
         found = f"only {names}" if names else f"every cell is {unlabeled!r}"
@@ -183,15 +188,13 @@ def companion(data: TrainingData, params: dict[str, Any], train_indices) -> Comp
     benchmark data it cost accuracy and gained no macro F1)."""
     if not params.get("balance_labels", False):
         return None
-    categories = str_list(data.registry["labels_categories"])
-    unlabeled = params["unlabeled_category"]
-    code = categories.index(unlabeled) if unlabeled in categories else -1
+    code = unlabeled_code(data.registry, params["unlabeled_category"])
     train_indices = np.asarray(train_indices)
     codes = data.tensors.labels.numpy()[train_indices]
     labelled = codes != code
     if not labelled.any():
         return None
-    counts = np.bincount(codes[labelled], minlength=len(categories))
+    counts = np.bincount(codes[labelled], minlength=int(data.registry["n_labels"]))
     weights = 1.0 / counts[codes[labelled]]
     return Companion("labelled", train_indices[labelled], weights, int(params["batch_size"]))
 
