@@ -1,6 +1,7 @@
 """Every kernel built for real by each toolchain cellvi supports, then checked against an
 independent reference (kernel_checks.py): system gcc (-march=native, and the baseline
-x86-64 and x86-64-v3 levels), zig's clang (no OpenMP, linked against glibc 2.28's symbols),
+x86-64 and x86-64-v3 levels; and -march=native with the vector math of glibc 2.28, where log1p
+goes through the vector log), zig's clang (no OpenMP, linked against glibc 2.28's symbols),
 and a compile-only cross build for aarch64. A missing tool skips with the reason, except on CI
 (``CI=true``), where it fails."""
 
@@ -46,6 +47,8 @@ TOOLCHAINS = {
     "gcc-native": ({"CC": "gcc"}, "gcc", ["-march=native"]),
     "gcc-x86-64": ({"CC": "gcc", "CELLVI_MARCH": "x86-64"}, "gcc", ["-march=x86-64"]),
     "gcc-x86-64-v3": ({"CC": "gcc", "CELLVI_MARCH": "x86-64-v3"}, "gcc", ["-march=x86-64-v3"]),
+    # what GCC declares against glibc 2.28 (RHEL 8): vector exp and log, no vector log1p
+    "gcc-glibc2.28": ({"CC": "gcc -DCELLVI_ASSUME_GLIBC=228"}, "gcc", ["-march=native"]),
     "zig-clang-glibc2.28": (
         {"CC": " ".join([*ZIG, "-target", f"{platform.machine()}-linux-gnu.2.28"])},
         "clang",
@@ -57,6 +60,8 @@ TOOLCHAINS = {
 def _unavailable_reason(name: str) -> str | None:
     if name.startswith("gcc") and shutil.which("gcc") is None:
         return "gcc is not installed"
+    if name.startswith("gcc-glibc") and not X86:
+        return f"libmvec is for x86-64 CPUs, this is {platform.machine()}"
     if name.startswith("gcc-x86-64") and not X86:
         return f"-march={name[4:]} is for x86-64 CPUs, this is {platform.machine()}"
     if name == "gcc-x86-64-v3" and not {"avx2", "fma", "bmi2", "movbe"} <= _cpu_flags():
