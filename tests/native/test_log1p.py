@@ -1,5 +1,5 @@
 """The NB kernel's log1p where the vector math library has ``log`` but no ``log1p`` (GCC
-against glibc 2.22-2.34): ``log1p(x) = log(u) + (x - d) / u``
+against glibc 2.22-2.34, clang with ``-fveclib=libmvec``): ``log1p(x) = log(u) + (x - d) / u``
 with ``u = 1 + x`` and ``d = u - 1``, against float64 (float32 inputs) and long double (float64
 inputs).
 
@@ -38,6 +38,7 @@ MEAN_ULPS = 1.0
 CASES = {
     "gcc-glibc2.28": (["gcc"], (*BASE, "-march=native", "-DCELLVI_ASSUME_GLIBC=228"), True),
     "gcc-glibc2.28-x86-64": (["gcc"], (*BASE, "-march=x86-64", "-DCELLVI_ASSUME_GLIBC=228"), True),
+    "zig-clang-veclib": (ZIG, (*BASE, "-march=native", *native.CLANG_VECLIB), True),
     "gcc-no-vector-math": (["gcc"], (*BASE, "-march=native", "-DCELLVI_NO_VECTOR_MATH"), False),
 }
 
@@ -61,6 +62,11 @@ def probe(request, tmp_path_factory):
         skip_or_fail(f"{name}: gcc is not installed")
     if compiler is ZIG and not _zig_works():
         skip_or_fail(f"{name}: ziglang is not installed (pip install ziglang)")
+    if "-fveclib=libmvec" in flags:
+        libmvec = native._libmvec_path()
+        if libmvec is None:
+            skip_or_fail(f"{name}: no libmvec.so.1 on this system")
+        flags = (*flags, libmvec)
     if shutil.which("nm") is None:
         skip_or_fail("nm (binutils) is not installed")
     with pytest.MonkeyPatch.context() as mp:
