@@ -5,7 +5,8 @@ worker, each run in a fresh Python process), trained once per *build*:
 
 - ``gcc``: the kernels built by ``gcc`` (OpenMP, glibc's vector math where glibc has it);
 - ``zig-clang``: built by zig's clang (``python -m ziglang cc -target <arch>-linux-gnu.2.28``):
-  no OpenMP (the kernels run on one thread) and no vector math library;
+  no OpenMP (the kernels run on one thread); glibc's vector math through ``-fveclib=libmvec``
+  on x86-64 Linux (elsewhere the likelihoods then run in torch, see docs/performance.md);
 - ``torch``: no kernels (``CELLVI_NATIVE_KERNELS=0``), the torch implementations;
 - ``--cc NAME=COMMAND`` adds a build (e.g. ``--cc clang=clang``).
 

@@ -51,8 +51,8 @@ def kernel_calls(module):
     argument of every threaded kernel is its thread count."""
     calls, real = [], module.enabled_kernel_function
 
-    def spy(source, name, argtypes, restype=None):
-        fn = real(source, name, argtypes, restype)
+    def spy(source, name, argtypes, restype=None, **kwargs):
+        fn = real(source, name, argtypes, restype, **kwargs)
         if fn is None:
             return None
 

@@ -1,6 +1,7 @@
 """How cellvi builds its kernels: flag sets retried until a library loads (and the outcome
-cached), libmvec declared only where glibc has it, status(), one warning on the first
-fallback, the kernels recorded with a model, and the switch that turns them off."""
+cached), libmvec declared only where glibc has it (and -fveclib=libmvec for clang), status(),
+one warning on the first fallback, the NB likelihood left to torch where its kernel has no
+vector math, the kernels recorded with a model, and the switch that turns them off."""
 
 from __future__ import annotations
 
@@ -64,8 +65,11 @@ def test_a_shipped_kernel_whose_first_build_cannot_load_is_rebuilt_and_correct(
 ):
     """The NB kernel's first build imports a function this C library lacks (as the vector
     log1p is missing before glibc 2.35): it is rebuilt with the next flag set, and the library
-    that loads gives the reference's numbers."""
+    that loads gives the reference's numbers. (That next set has no vector math: cellvi would
+    use the torch likelihood, so the check forces the kernel.)"""
     from tests.native.kernel_checks import check_nb
+
+    from cellvi.distributions import _native_likelihood
 
     first, *rest = native.FLAG_SETS
     missing = "-Dlog1pf=cellvi_no_such_log1pf"  # links (a shared library may), cannot load
@@ -75,6 +79,7 @@ def test_a_shipped_kernel_whose_first_build_cannot_load_is_rebuilt_and_correct(
     assert native._outcomes[source][2] == native.flag_sets(source)[1]
     notes = list((isolated / "cache" / "kernels").glob("_nb_kernel-*.failed"))
     assert len(notes) == 1 and "cellvi_no_such_log1pf" in notes[0].read_text()
+    monkeypatch.setattr(_native_likelihood, "USE_SCALAR_BUILD", True)
     check_nb()
 
 
@@ -241,6 +246,11 @@ def test_vector_math_follows_the_glibc_version(isolated):
     symbols = _vector_symbols(old)
     assert symbols, "GCC no longer vectorises exp / log: the test shows nothing"
     assert all(_GLIBC_2_22.match(s) for s in symbols), symbols  # no log1p / log1pf (2.35)
+    # log1pf goes through the vector logf: the dense pass is vectorised, no log1p is called
+    assert any(s.endswith("_logf") for s in symbols), symbols
+    done = subprocess.run(["nm", "-D", "--undefined-only", str(old)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "log1p" not in done.stdout, done.stdout
     assert not _vector_symbols(native.compile_kernel(
         source, compiler, (*base, "-DCELLVI_ASSUME_GLIBC=221")))  # fmt: skip
     assert not _vector_symbols(native.compile_kernel(source, compiler, (*base,
@@ -251,6 +261,142 @@ def test_vector_math_follows_the_glibc_version(isolated):
     if libc == "glibc" and tuple(map(int, version.split("."))) >= (2, 35):
         here = _vector_symbols(native.compile_kernel(source, compiler, base))
         assert any("log1p" in s for s in here), here  # used where glibc has it
+
+
+# ------------------------------------------------- clang's vector math, builds without any
+def test_clang_gets_libmvec_in_the_sets_with_vector_math(monkeypatch):
+    nb, hidden = native.KERNELS["nb_likelihood"], native.KERNELS["hidden_layer"]
+    monkeypatch.setattr(native, "_libmvec_path", lambda: "/lib/libmvec.so.1")
+    monkeypatch.setattr(native, "_is_clang", lambda compiler: compiler == ("clang",))
+    sets = native.flag_sets(nb, ["clang"])
+    veclib = (*native.CLANG_VECLIB, "/lib/libmvec.so.1")
+    with_veclib = [i for i, f in enumerate(sets) if set(veclib) <= set(f)]
+    without = [i for i, f in enumerate(sets) if native._NO_VECTOR_MATH in f]
+    assert with_veclib and without and max(with_veclib) < max(without)
+    for flags in sets:  # every set either has vector math through -fveclib, or none
+        assert (native._NO_VECTOR_MATH in flags) != (set(veclib) <= set(flags)), flags
+    # the first set of each kind, OpenMP and not, comes with vector math
+    assert set(veclib) <= set(sets[0]) and "-fopenmp" in sets[0]
+    # GCC, a kernel without math calls, or no libmvec: the sets as they are
+    assert native.flag_sets(nb, ["gcc"]) == native.flag_sets(nb)
+    assert native.flag_sets(hidden, ["clang"]) == native.flag_sets(hidden)
+    assert not native.uses_vector_math(hidden) and native.uses_vector_math(nb)
+    monkeypatch.setattr(native, "_libmvec_path", lambda: None)
+    assert native.flag_sets(nb, ["clang"]) == native.flag_sets(nb)
+
+
+def test_which_compiler_is_clang():
+    if shutil.which("gcc") is None:
+        skip_or_fail("gcc is not installed")
+    assert not native._is_clang((shutil.which("gcc"),))
+    assert not native._is_clang(("/no/such/compiler",))
+    zig = (sys.executable, "-m", "ziglang", "cc")
+    try:
+        works = subprocess.run([*zig, "--version"], capture_output=True, timeout=120).returncode
+    except (OSError, subprocess.SubprocessError):
+        works = 1
+    if works != 0:
+        skip_or_fail("ziglang is not installed (pip install ziglang; it is in the test extra)")
+    assert native._is_clang(zig)
+
+
+def test_libmvec_is_found_on_x86_64_linux():
+    import platform
+
+    libc, _ = platform.libc_ver()
+    if not (
+        sys.platform.startswith("linux") and platform.machine() == "x86_64" and libc == "glibc"
+    ):
+        skip_or_fail("libmvec is part of glibc on x86-64 Linux")
+    path = native._libmvec_path()
+    assert path and os.path.isabs(path) and os.path.basename(path).startswith("libmvec.so"), path
+
+
+def test_libraries_to_link_follow_the_source(isolated, monkeypatch):
+    """A library named in a flag set (libmvec's path) is linked after the source, where a
+    linker that drops unneeded libraries (--as-needed) still sees what the source needs."""
+    source = _toy(isolated)
+    seen = []
+
+    def run(cmd, *args, **kwargs):
+        if "-shared" in cmd:
+            seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "error: not really compiled")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(native.KernelUnavailable):
+        native.compile_kernel(source, ["cc"], ("-O2", "/lib/libmvec.so.1", "-DX", "-lfoo"))
+    (cmd,) = seen
+    at = cmd.index(str(source))
+    assert cmd.index("-O2") < at and cmd.index("-DX") < at
+    assert at < cmd.index("/lib/libmvec.so.1") < cmd.index("-lfoo") < cmd.index("-lm")
+
+
+_TORCH_INSTEAD = "loaded without vector math; " + native.SLOWER_WITHOUT_VECTOR_MATH["nb_likelihood"]
+
+
+def _likelihoods_run():
+    """The ZINB and the protein mixture likelihoods, with gradients: the name of the autograd
+    function of each (the kernel's or torch's)."""
+    import torch
+    from tests.native.kernel_checks import nb_data
+
+    from cellvi.distributions._likelihood import zinb_log_likelihood
+    from cellvi.distributions._mixture_likelihood import nb_mixture_log_likelihood
+
+    x, logits, log_lib, theta, rho = (t.float() for t in nb_data())
+    logits.requires_grad_()
+    nb = zinb_log_likelihood(x, logits, log_lib, theta, rho,
+                             log_x_factorial=torch.lgamma(x + 1).sum(1))  # fmt: skip
+    y = torch.poisson(torch.full((6, 5), 30.0))
+    back = torch.randn(6, 5, requires_grad=True)
+    mixture = nb_mixture_log_likelihood(y, back, back + 1, torch.ones(5), torch.zeros(6, 5))
+    return nb.grad_fn.name(), mixture.grad_fn.name()
+
+
+@pytest.mark.parametrize(
+    ("cc", "flag_sets", "vector"),
+    [
+        ("gcc", "last", False),  # -DCELLVI_NO_VECTOR_MATH, the last resort
+        ("gcc -DCELLVI_ASSUME_GLIBC=221", "all", False),  # glibc before libmvec
+        ("gcc -DCELLVI_ASSUME_GLIBC=228", "all", True),  # RHEL 8: log1p through the vector log
+    ],
+)
+def test_likelihoods_use_torch_where_their_kernel_has_no_vector_math(
+    isolated, monkeypatch, caplog, cc, flag_sets, vector
+):
+    from tests.native.kernel_checks import check_mixture, check_nb
+
+    from cellvi.distributions import _native_likelihood
+
+    if os.uname().machine != "x86_64" and "GLIBC" in cc:
+        skip_or_fail("libmvec is x86-64 only")
+    monkeypatch.setenv("CC", cc)
+    if flag_sets == "last":
+        monkeypatch.setattr(native, "FLAG_SETS", native.FLAG_SETS[-1:])
+    source = native.KERNELS["nb_likelihood"]
+    with caplog.at_level(logging.INFO, logger="cellvi"):
+        got = native.status()
+    assert got == {**dict.fromkeys(native.KERNELS, "loaded"),
+                   "nb_likelihood": "loaded" if vector else _TORCH_INSTEAD}  # fmt: skip
+    assert native.vector_math(source) is vector
+    assert native.vector_math(native.KERNELS["dropout"]) is None  # says nothing: no math calls
+    assert ("built without vector math" in caplog.text) != vector
+    versions()  # forget earlier uses
+    nb, mixture = _likelihoods_run()
+    recorded = versions()["cellvi_native_kernels"]
+    if vector:
+        assert nb.startswith("_NativeNegBinomialLogLik") and mixture.startswith("_NativeMixture")
+        assert recorded.startswith("nb_likelihood ("), recorded
+        check_nb()
+    else:
+        assert not nb.startswith("_Native") and not mixture.startswith("_Native"), (nb, mixture)
+        assert recorded == "none (torch path)"  # the kernel loaded but did not run
+        # the build itself is correct, only slower than torch: forced, it passes the checks
+        monkeypatch.setattr(_native_likelihood, "USE_SCALAR_BUILD", True)
+        assert _likelihoods_run()[0].startswith("_NativeNegBinomialLogLik")
+        check_nb()
+        check_mixture()
 
 
 # ------------------------------------------------------------------ what trained the model

@@ -13,7 +13,8 @@ The same file scores the protein background/foreground mixture
 
 Used for float32 CPU tensors when :attr:`cellvi.settings.native_kernels` is on and the kernel
 could be built (:func:`cellvi.utils.native.enabled_kernel_function`); everything else (CUDA, float64, no
-compiler) uses the torch version.
+compiler) uses the torch version, and so do both likelihoods where the kernel was built
+without vector math (:data:`USE_SCALAR_BUILD`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ _ARGTYPES = (ctypes.c_int64, ctypes.c_int64, _P, _P, _P, ctypes.c_int, _P, _P, _
              _P, _P, _P, _P, _P, ctypes.c_int)  # fmt: skip
 
 
+#: use the kernels of this file also where they were built without vector math (clang without
+#: libmvec, a glibc before 2.22, CELLVI_NO_VECTOR_MATH): there the NB and the protein mixture
+#: kernels are slower than the torch implementations (docs/performance.md), so off but for
+#: tests and benchmarks
+USE_SCALAR_BUILD = False
+
+
 def _kernel():
-    return enabled_kernel_function(_SOURCE, "cellvi_nb_loglik", _ARGTYPES, ctypes.c_int)
+    return enabled_kernel_function(
+        _SOURCE, "cellvi_nb_loglik", _ARGTYPES, ctypes.c_int, scalar_ok=USE_SCALAR_BUILD
+    )
 
 
 def available() -> bool:
@@ -141,8 +151,9 @@ _SERIAL_ENTRIES = 1 << 14
 
 def _mixture_kernel():
     return enabled_kernel_function(
-        _SOURCE, "cellvi_nb_mixture_loglik", _MIXTURE_ARGTYPES, ctypes.c_int
-    )
+        _SOURCE, "cellvi_nb_mixture_loglik", _MIXTURE_ARGTYPES, ctypes.c_int,
+        scalar_ok=USE_SCALAR_BUILD,
+    )  # fmt: skip
 
 
 class _NativeMixtureLogLik(torch.autograd.Function):

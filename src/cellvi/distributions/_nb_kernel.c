@@ -27,12 +27,22 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* glibc's vector math library (libmvec) lets GCC vectorise these calls without -ffast-math.
- * A function may be declared __simd__ only where the glibc this is built against has its
- * vector variants, or the library fails to load (`undefined symbol`): exp, expf and log since
- * glibc 2.22, log1p and log1pf since 2.35 (RHEL 8 / 9 and Ubuntu 20.04 have older ones).
- * CELLVI_NO_VECTOR_MATH (a fallback flag set of cellvi/utils/native.py) turns it off;
- * CELLVI_ASSUME_GLIBC=MMmm (e.g. 228 for 2.28) checks the guards against another version. */
+/* glibc's vector math library (libmvec) lets the compiler vectorise these calls without
+ * -ffast-math. Two ways in:
+ *
+ * - GCC: a function declared __simd__ gets vector calls. It may be declared so only where the
+ *   glibc this is built against has its vector variants, or the library fails to load
+ *   (`undefined symbol`): exp, expf and log since glibc 2.22, log1p and log1pf since 2.35
+ *   (RHEL 8 / 9 and Ubuntu 20.04 have older ones). CELLVI_ASSUME_GLIBC=MMmm (e.g. 228 for
+ *   2.28) checks the guards against another version.
+ * - clang: -fveclib=libmvec, with libmvec linked; cellvi/utils/native.py adds both, and
+ *   CELLVI_VECLIB_LIBMVEC, for clang on x86-64 Linux. clang's list of libmvec functions has
+ *   exp and log (float and double) but no log1p.
+ *
+ * Where exp and log are vectorised but log1p is not, log1p goes through the vector log (see
+ * cellvi_log1pf below): one scalar log1p call would leave its whole loop scalar.
+ * CELLVI_NO_VECTOR_MATH (a fallback flag set of cellvi/utils/native.py) turns all of it off.
+ * cellvi_vector_math() tells the caller which build this is. */
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) \
     && !defined(CELLVI_NO_VECTOR_MATH)
 #ifdef CELLVI_ASSUME_GLIBC
@@ -48,19 +58,57 @@
 #endif
 #if CELLVI_GLIBC_AT_LEAST(2, 22)
 #define CELLVI_SIMD_2_22 __attribute__((__simd__("notinbranch")))
+#define CELLVI_VECTOR_LOG 1
 #else
 #define CELLVI_SIMD_2_22
 #endif
 #if CELLVI_GLIBC_AT_LEAST(2, 35)
 #define CELLVI_SIMD_2_35 __attribute__((__simd__("notinbranch")))
+#define CELLVI_VECTOR_LOG1P 1
 #else
 #define CELLVI_SIMD_2_35
 #endif
+#if defined(__clang__) && defined(CELLVI_VECLIB_LIBMVEC) && !defined(CELLVI_NO_VECTOR_MATH)
+#define CELLVI_VECTOR_LOG 1
+#endif
+#ifndef CELLVI_VECTOR_LOG
+#define CELLVI_VECTOR_LOG 0
+#endif
+#ifndef CELLVI_VECTOR_LOG1P
+#define CELLVI_VECTOR_LOG1P 0
+#endif
 extern float expf(float) CELLVI_SIMD_2_22;
+extern float logf(float) CELLVI_SIMD_2_22;
 extern double exp(double) CELLVI_SIMD_2_22;
 extern double log(double) CELLVI_SIMD_2_22;
 extern float log1pf(float) CELLVI_SIMD_2_35;
 extern double log1p(double) CELLVI_SIMD_2_35;
+
+/* 1 when the likelihood loops call vector exp and log (and log1p, natively or through log):
+ * a build without them is slower than the torch implementation, which cellvi then uses. */
+int cellvi_vector_math(void) { return CELLVI_VECTOR_LOG; }
+
+#if CELLVI_VECTOR_LOG && !CELLVI_VECTOR_LOG1P
+/* log1p(x) from the vector log. u = 1 + x is rounded; its rounding error is x - d, with
+ * d = u - 1 (both exact where it matters, x < 1), so log1p(x) = log(u) + log1p((x - d) / u),
+ * and (x - d) / u is below half an ulp of 1: its log1p is itself to working precision.
+ * Tiny x (u == 1) gives x exactly; d == x (an exact sum, huge x, infinity) gives log(u); NaN
+ * propagates. Branch-free, so its loop vectorises. Error against float64 log1p
+ * (tests/native/test_log1p.py): within 4 ulps, mostly that of the vector log (glibc's scalar
+ * log1pf: within 1); D. Goldberg's log(u) * x / d (1991, theorem 4) measured up to 4.4. */
+static inline float cellvi_log1pf(float x) {
+    const float u = 1.0f + x, d = u - 1.0f, l = logf(u);
+    return d == x ? l : l + (x - d) / u;
+}
+
+static inline double cellvi_log1p(double x) {
+    const double u = 1.0 + x, d = u - 1.0, l = log(u);
+    return d == x ? l : l + (x - d) / u;
+}
+#else
+#define cellvi_log1pf log1pf
+#define cellvi_log1p log1p
+#endif
 
 #define THETA_EPS 1e-8
 #define HALF_LOG_2PI 0.91893853320467274178
@@ -136,10 +184,11 @@ static float dense_pass(int64_t n_genes, const float *logits, float log_library,
             float sc = scale[j] * inv_total;
             scale[j] = sc;
             float r = sc * library * inv_theta[j];
-            float lp = log1pf(r), q = r / (1.0f + r), t = -theta[j] * lp;
+            float lp = cellvi_log1pf(r), q = r / (1.0f + r), t = -theta[j] * lp;
             float rh = rho[j], a = t - rh;
             float ea = expf(-fabsf(a)), er = expf(-fabsf(rh));
-            acc += (a > 0.f ? a : 0.f) + log1pf(ea) - (rh < 0.f ? -rh : 0.f) - log1pf(er);
+            acc += (a > 0.f ? a : 0.f) + cellvi_log1pf(ea) - (rh < 0.f ? -rh : 0.f)
+                   - cellvi_log1pf(er);
             if (d_logits != NULL) {
                 float sig_a = (a >= 0.f ? 1.0f : ea) / (1.0f + ea);
                 float sig_neg_rho = (rh <= 0.f ? 1.0f : er) / (1.0f + er);
@@ -156,7 +205,7 @@ static float dense_pass(int64_t n_genes, const float *logits, float log_library,
             float sc = scale[j] * inv_total;
             scale[j] = sc;
             float r = sc * library * inv_theta[j];
-            float lp = log1pf(r), q = r / (1.0f + r);
+            float lp = cellvi_log1pf(r), q = r / (1.0f + r);
             acc += -theta[j] * lp;
             d_logits[j] = -theta[j] * q;
             d_theta[j] = q - lp;
@@ -166,7 +215,7 @@ static float dense_pass(int64_t n_genes, const float *logits, float log_library,
         for (int64_t j = 0; j < n_genes; j++) {
             float sc = scale[j] * inv_total;
             scale[j] = sc;
-            acc += -theta[j] * log1pf(sc * library * inv_theta[j]);
+            acc += -theta[j] * cellvi_log1pf(sc * library * inv_theta[j]);
         }
     }
     return acc;
@@ -193,7 +242,7 @@ static double nonzero_pass(int64_t n, double log_library, int per_entry, int zer
     for (int64_t k = 0; k < n; k++) {
         double x = xs[k], th = ths[k], sc = scs[k];
         double lg_th = lgs[k], dg_th = dgs[k];
-        double r = sc * library / th, lp = log1p(r), q = r / (1.0 + r);
+        double r = sc * library / th, lp = cellvi_log1p(r), q = r / (1.0 + r);
         /* log mu; the floor only matters where the softmax underflowed */
         double log_mu = log(sc > (double)FLT_MIN ? sc : (double)FLT_MIN) + log_library;
         double v = lgamma_positive(x + th) - lg_th + x * (log_mu - log(th) - lp);
@@ -203,7 +252,7 @@ static double nonzero_pass(int64_t n, double log_library, int per_entry, int zer
         if (zero_inflated) {
             double d = rhos[k] + th * lp; /* rho - t */
             double e = exp(-fabs(d));
-            v -= (d > 0.0 ? d : 0.0) + log1p(e); /* t - logaddexp(rho, t) */
+            v -= (d > 0.0 ? d : 0.0) + cellvi_log1p(e); /* t - logaddexp(rho, t) */
             w = (d >= 0.0 ? 1.0 : e) / (1.0 + e);
             d_mu -= w * th * q;
             d_th += w * (q - lp);
@@ -322,7 +371,7 @@ done:
 /* log(theta + exp(m)) without overflow */
 static inline double log_theta_plus_exp(double log_theta, double m) {
     const double hi = log_theta > m ? log_theta : m, d = log_theta - m;
-    return hi + log1p(exp(-(d < 0 ? -d : d)));
+    return hi + cellvi_log1p(exp(-(d < 0 ? -d : d)));
 }
 
 /* One entry of the mixture: adds mask * lp to *total and, when d_back is not NULL, writes the
@@ -337,11 +386,11 @@ static inline double mixture_entry(double yy, double th, double log_th, double l
     const double lp_f = common + th * (log_th - lf) + yy * (mf - lf);
     /* softplus(rho) and softplus(-rho) = softplus(rho) - rho share exp(-|rho|) */
     const double e = exp(-(rh < 0 ? -rh : rh));
-    const double sp_pos = (rh > 0 ? rh : 0.0) + log1p(e), sp_neg = sp_pos - rh;
+    const double sp_pos = (rh > 0 ? rh : 0.0) + cellvi_log1p(e), sp_neg = sp_pos - rh;
     const double a_b = lp_b - sp_neg, a_f = lp_f - sp_pos;
     const double hi = a_b > a_f ? a_b : a_f, gap = a_b - a_f;
     const double e_gap = exp(-(gap < 0 ? -gap : gap));
-    const double lp = hi + log1p(e_gap);
+    const double lp = hi + cellvi_log1p(e_gap);
     if (d_back) {
         /* responsibility of the background: sigmoid(a_b - a_f) */
         const double w_b = gap >= 0 ? 1.0 / (1.0 + e_gap) : e_gap / (1.0 + e_gap), w_f = 1.0 - w_b;

@@ -12,7 +12,13 @@ first with glibc's vector math (libmvec), OpenMP and the instructions of this CP
 (``-march=native``, or ``$CELLVI_MARCH``), then without vector math, without OpenMP (the
 kernels then run on one thread, still vectorised), and last without ``-march``. Each outcome
 (a library, or why it failed) is cached under the same key, so a later process goes straight
-to the flag set that works. Kernels that start no threads are built without OpenMP.
+to the flag set that works. Kernels that start no threads are built without OpenMP. GCC
+reaches libmvec through declarations in the kernel; clang through ``-fveclib=libmvec`` and
+libmvec linked (:data:`CLANG_VECLIB`), added on x86-64 Linux to the sets with vector math.
+
+A kernel built without vector math may be slower than its torch implementation (the NB and
+protein mixture likelihoods are, :data:`SLOWER_WITHOUT_VECTOR_MATH`): its caller then uses
+torch, and :func:`status` says so.
 
 When no flag set works, :func:`load_kernel` returns ``None`` and the caller uses its torch
 implementation (same results within float32 rounding, slower on a CPU). The first such
@@ -58,7 +64,15 @@ FLAG_SETS = (
     (*_MATH, _NATIVE, "-fopenmp-simd", _NO_VECTOR_MATH),
     (*_MATH, "-fopenmp-simd", _NO_VECTOR_MATH),
 )
+#: what clang needs for glibc's vector math (x86-64 Linux; the path of libmvec.so.1 follows:
+#: zig's clang has no libmvec of its own to link against); the kernel learns of it from the -D
+CLANG_VECLIB = ("-fveclib=libmvec", "-DCELLVI_VECLIB_LIBMVEC")
 COMPILE_TIMEOUT_S = 120
+#: kernels slower than their torch implementation when built without vector math (measured:
+#: docs/performance.md), and what runs instead; see :func:`vector_math`
+SLOWER_WITHOUT_VECTOR_MATH = {
+    "nb_likelihood": "the torch likelihoods (NB, protein mixture) are used (faster)"
+}
 #: what a fallback costs, for the warning (benchmarks/bench_scvi_speed.py, docs/performance.md)
 SLOWDOWN = "CPU training is about 1.5x slower without the kernels"
 
@@ -110,18 +124,55 @@ def uses_openmp(source: Path) -> bool:
     return b"omp parallel" in source.read_bytes()
 
 
-def flag_sets(source: Path) -> list[tuple[str, ...]]:
-    """The flag sets tried for ``source``, in order (see :data:`FLAG_SETS`)."""
+def uses_vector_math(source: Path) -> bool:
+    """Whether a kernel calls vectorisable math functions (it says which build it is, through
+    a ``cellvi_vector_math`` function); only those get :data:`CLANG_VECLIB`."""
+    return b"cellvi_vector_math" in source.read_bytes()
+
+
+def flag_sets(source: Path, compiler=None) -> list[tuple[str, ...]]:
+    """The flag sets tried for ``source``, in order (see :data:`FLAG_SETS`). With
+    ``compiler`` (a command) clang on x86-64 Linux gets :data:`CLANG_VECLIB` and libmvec in
+    the sets with vector math, where this system has libmvec."""
     march = os.environ.get("CELLVI_MARCH")
     threads = uses_openmp(source)
+    veclib = None
+    if compiler is not None and uses_vector_math(source) and _is_clang(tuple(compiler)):
+        libmvec = _libmvec_path()
+        veclib = (*CLANG_VECLIB, libmvec) if libmvec else None
     out = []
     for flags in FLAG_SETS:
         flags = tuple(f"-march={march}" if f == _NATIVE and march else f for f in flags)
         if not threads:
             flags = tuple("-fopenmp-simd" if f == "-fopenmp" else f for f in flags)
+        if veclib and _NO_VECTOR_MATH not in flags:
+            flags = (*flags, *veclib)
         if flags not in out:
             out.append(flags)
     return out
+
+
+@functools.cache
+def _libmvec_path() -> str | None:
+    """The path of glibc's libmvec.so.1 on x86-64 Linux (as the dynamic loader finds it), or
+    ``None`` (another system, a glibc before 2.22, musl)."""
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    try:
+        ctypes.CDLL("libmvec.so.1")
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith("libmvec.so") and os.path.isfile(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _is_clang(compiler: tuple[str, ...]) -> bool:
+    """Whether the compiler command is clang (Apple's, LLVM's, zig's) by its ``--version``."""
+    return "clang" in _version_line(compiler).lower()
 
 
 @functools.cache
@@ -138,15 +189,20 @@ def _cpu_signature() -> str:
 
 
 @functools.cache
-def _compiler_identity(compiler: tuple[str, ...]) -> str:
-    name = " ".join(compiler)
+def _version_line(compiler: tuple[str, ...]) -> str:
+    """The first line of ``compiler --version`` ("" when it does not run)."""
     try:
         done = subprocess.run(
             [*compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
         )
-        return name + " " + done.stdout.strip().splitlines()[0] if done.stdout else name
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return name
+        return done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _compiler_identity(compiler: tuple[str, ...]) -> str:
+    line = _version_line(compiler)
+    return " ".join(compiler) + (" " + line if line else "")
 
 
 def _first_line(text: str) -> str:
@@ -185,7 +241,12 @@ def compile_kernel(source: Path, compiler, flags: tuple[str, ...]) -> Path:
     # build beside the target and rename: processes compiling at once never see half a file
     fd, tmp = tempfile.mkstemp(suffix=target.suffix, dir=target.parent)
     os.close(fd)
-    cmd = [*map(str, compiler), *flags, "-fPIC", "-shared", str(source), "-o", tmp, "-lm"]
+    # libraries to link (a path such as libmvec's, -l...) follow the source, as a linker that
+    # drops libraries nothing before them needs (--as-needed) requires
+    link = [f for f in flags if f.startswith("-l") or os.path.isabs(f)]
+    options = [f for f in flags if f not in link]
+    cmd = [*map(str, compiler), *options, "-fPIC", "-shared", str(source), "-o", tmp, *link,
+           "-lm"]  # fmt: skip
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
@@ -222,7 +283,7 @@ def _open(target: Path) -> ctypes.CDLL:
         raise KernelUnavailable(message) from err
 
 
-#: per kernel source: ("loaded", compiler, flags) or ("failed", reason)
+#: per kernel source: ("loaded", compiler, flags, vector math: bool | None) or ("failed", reason)
 _outcomes: dict[Path, tuple] = {}
 _used: set[Path] = set()
 _warned = False
@@ -240,13 +301,25 @@ def load_kernel(source: Path) -> ctypes.CDLL | None:
         _unavailable(source, f"compiler missing: no C compiler found ({wanted})")
         return None
     reason = "no flag set to try"
-    for flags in flag_sets(source):
+    for flags in flag_sets(source, compiler):
         try:
             lib = _open(compile_kernel(source, compiler, flags))
         except KernelUnavailable as err:
             reason = str(err)
             continue
-        _outcomes[source] = ("loaded", _compiler_identity(tuple(compiler)), flags)
+        says = getattr(lib, "cellvi_vector_math", None)
+        if says is not None:
+            says.argtypes, says.restype = [], ctypes.c_int
+        vector = None if says is None else bool(says())
+        _outcomes[source] = ("loaded", _compiler_identity(tuple(compiler)), flags, vector)
+        if vector is False and _name(source) in SLOWER_WITHOUT_VECTOR_MATH:
+            logger.info(
+                "cellvi: the C kernel %s was built without vector math (%s): %s. "
+                "docs/installation.md has a troubleshooting table.",
+                source.name,
+                " ".join(flags),
+                SLOWER_WITHOUT_VECTOR_MATH[_name(source)],
+            )
         return lib
     _unavailable(source, reason)
     return None
@@ -262,6 +335,13 @@ def kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
     fn = getattr(lib, name)
     fn.argtypes, fn.restype = list(argtypes), restype
     return fn
+
+
+def vector_math(source: Path) -> bool | None:
+    """Whether the build of ``source`` loaded in this process calls vector math functions
+    (what its ``cellvi_vector_math()`` says); ``None`` when it is not loaded or does not say."""
+    outcome = _outcomes.get(source)
+    return outcome[3] if outcome is not None and outcome[0] == "loaded" else None
 
 
 def pointer(t):
@@ -285,15 +365,20 @@ def _settings():
     return settings
 
 
-def enabled_kernel_function(source: Path, name: str, argtypes: tuple, restype=None):
+def enabled_kernel_function(
+    source: Path, name: str, argtypes: tuple, restype=None, *, scalar_ok: bool = True
+):
     """:func:`kernel_function`, or ``None`` while :attr:`cellvi.settings.native_kernels` is off:
     the one switch every kernel's caller goes through (called at every use, so kept cheap).
-    A kernel returned here counts as used (see :func:`take_used`)."""
+    With ``scalar_ok=False`` also ``None`` where the kernel was built without vector math
+    (:func:`vector_math`; the torch implementation is faster there). A kernel returned here
+    counts as used (see :func:`take_used`)."""
     if not _settings().native_kernels:
         return None
     fn = kernel_function(source, name, argtypes, restype)
-    if fn is not None:
-        _used.add(source)
+    if fn is None or (not scalar_ok and vector_math(source) is False):
+        return None
+    _used.add(source)
     return fn
 
 
@@ -319,13 +404,17 @@ def _name(source: Path) -> str:
 def status() -> dict[str, str]:
     """For every kernel cellvi ships (:data:`KERNELS`): ``"loaded"``, or why it is not used
     (``"disabled: ..."``, ``"compiler missing: ..."``, ``"compile error: <first line>"``,
-    ``"load error: ..."``). Builds the kernels not built yet in this process."""
+    ``"load error: ..."``), or, for a kernel of :data:`SLOWER_WITHOUT_VECTOR_MATH` built
+    without vector math, ``"loaded without vector math; <what runs instead>"``. Builds the
+    kernels not built yet in this process."""
     out = {}
     for name, source in KERNELS.items():
         if not _settings().native_kernels:
             out[name] = "disabled: cellvi.settings.native_kernels is False"
         elif load_kernel(source) is not None:
             out[name] = "loaded"
+            if name in SLOWER_WITHOUT_VECTOR_MATH and vector_math(source) is False:
+                out[name] = f"loaded without vector math; {SLOWER_WITHOUT_VECTOR_MATH[name]}"
         else:
             out[name] = _outcomes.get(source, ("failed", "unknown"))[1]
     return out
