@@ -155,8 +155,9 @@ class SCANVIModule(SCVIModule):
         each ``(n_cells, n_classes)``."""
         n, c = z1.shape[0], self.n_classes
         ys = torch.arange(c, device=z1.device).repeat_interleave(n)
-        z1r = z1.float().repeat(c, 1)
-        m2, v2 = (t.float() for t in self.z2_encoder(z1r, [ys]))
+        z1f = z1.float()
+        z1r = z1f.repeat(c, 1)
+        m2, v2 = (t.float() for t in self.z2_encoder(z1f, [ys], tile=c))
         z2 = m2 + v2.sqrt() * torch.randn_like(m2)
         m1, v1 = (t.float() for t in self.z1_decoder(z2, [ys]))
         terms = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import MLP, without_autocast
@@ -55,10 +56,18 @@ class GaussianEncoder(nn.Module):
         self.log_var = nn.Linear(n_hidden, n_out)
 
     def forward(
-        self, x: torch.Tensor, cats: Sequence[torch.Tensor] = (), cont: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cats: Sequence[torch.Tensor] = (),
+        cont: torch.Tensor | None = None,
+        *,
+        tile: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance."""
-        h = self.body(x, cats, cont)
+        """Posterior mean and variance (``tile``: as in :meth:`MLP.forward`)."""
+        h = self.body(x, cats, cont, tile=tile)
         with without_autocast(h):  # n_hidden -> n_latent: too small to gain from low precision
-            h = h.float()
-            return self.mean(h), torch.exp(self.log_var(h)) + VAR_EPS
+            # both heads in one product: half the (narrow, overhead-bound) matrix products
+            weight = torch.cat([self.mean.weight, self.log_var.weight])
+            bias = torch.cat([self.mean.bias, self.log_var.bias])
+            mean, log_var = F.linear(h.float(), weight, bias).split(self.mean.out_features, -1)
+            return mean, torch.exp(log_var) + VAR_EPS

@@ -130,10 +130,22 @@ class MLP(nn.Module):
         x: torch.Tensor,
         cats: Sequence[torch.Tensor] = (),
         cont: torch.Tensor | None = None,
+        *,
+        tile: int = 1,
     ) -> torch.Tensor:
+        """The last layer's output.
+
+        ``tile > 1``: the input stands for ``tile`` stacked copies of ``x`` (row ``k * n + i``
+        is row ``i`` of ``x``), each with its own covariates (``cats`` and ``cont`` have
+        ``tile * n`` rows); the first layer's product is computed once per row of ``x``.
+        """
         h = x
-        for linear, inject, norm in zip(self.linears, self.injections, self.norms, strict=True):
+        for i, (linear, inject, norm) in enumerate(
+            zip(self.linears, self.injections, self.norms, strict=True)
+        ):
             h = linear(h)
+            if i == 0 and tile > 1:
+                h = h.repeat(tile, 1)
             if fused_hidden.applies(h, norm, self.dropout):
                 tables, codes = [], []
                 if isinstance(inject, CovariateInjection):
