@@ -54,6 +54,7 @@ from bench_scvi_speed import (  # noqa: E402
     _venv_python,
     check_environments,
     fail,
+    highly_variable,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -219,20 +220,6 @@ def _clean_counts(adata, keep_obs: dict):
     adata.obsm.clear()
     adata.layers.clear()
     return adata
-
-
-def highly_variable(adata, n_top_genes: int, batch_key: str | None):
-    """The HVG choice of ``bench_scvi_speed.prepare_data`` (seurat flavour, per batch, on a
-    log-normalised copy), returning ``adata`` restricted to those genes with raw counts."""
-    import scanpy as sc
-
-    lognorm = adata.copy()
-    sc.pp.normalize_total(lognorm)
-    sc.pp.log1p(lognorm)
-    n_top = min(n_top_genes, adata.n_vars)
-    sc.pp.highly_variable_genes(lognorm, n_top_genes=n_top, batch_key=batch_key, flavor="seurat")
-    hvg = lognorm.var["highly_variable"].to_numpy()
-    return adata[:, hvg].copy()
 
 
 def _drop_empty(adata):

@@ -208,12 +208,25 @@ def check_environments(args: argparse.Namespace) -> None:
 # data
 
 
+def highly_variable(adata, n_top_genes: int, batch_key: str | None):
+    """``adata`` restricted to its ``n_top_genes`` highly variable genes, with the raw counts:
+    chosen by scanpy's ``flavor="seurat"`` (per batch when ``batch_key``) on a log-normalised
+    copy."""
+    import scanpy as sc
+
+    lognorm = adata.copy()
+    sc.pp.normalize_total(lognorm)
+    sc.pp.log1p(lognorm)
+    n_top = min(n_top_genes, adata.n_vars)
+    sc.pp.highly_variable_genes(lognorm, n_top_genes=n_top, batch_key=batch_key, flavor="seurat")
+    return adata[:, lognorm.var["highly_variable"].to_numpy()].copy()
+
+
 def prepare_data(args: argparse.Namespace, workdir: Path) -> dict:
     """HVG selection, train/test split; writes train.h5ad and test.h5ad into ``workdir``."""
     import anndata as ad
     import numpy as np
     import pandas as pd
-    import scanpy as sc
     import scipy.sparse as sp
 
     t0 = time.perf_counter()
@@ -237,15 +250,7 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> dict:
     adata.obsm.clear()
     adata.layers.clear()
 
-    # HVGs on a log-normalised copy; the counts themselves stay raw
-    lognorm = adata.copy()
-    sc.pp.normalize_total(lognorm)
-    sc.pp.log1p(lognorm)
-    n_top = min(args.n_top_genes, adata.n_vars)
-    sc.pp.highly_variable_genes(lognorm, n_top_genes=n_top, batch_key="batch", flavor="seurat")
-    hvg = lognorm.var["highly_variable"].to_numpy()
-    del lognorm
-    adata = adata[:, hvg].copy()
+    adata = highly_variable(adata, args.n_top_genes, "batch")
 
     # cells with no counts in the selected genes have no library size: left out for both tools
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
@@ -282,7 +287,7 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> dict:
         "n_cells_used": int(n),
         "n_cells_dropped_zero_counts": n_empty,
         "n_genes": int(adata.n_vars),
-        "hvg": {"n_top_genes": n_top, "flavor": "seurat", "batch_key": "batch"},
+        "hvg": {"n_top_genes": int(adata.n_vars), "flavor": "seurat", "batch_key": "batch"},
         "n_train_cells": int(train.n_obs),
         "n_test_cells": int(test.n_obs),
         "n_batches": len(cats),
