@@ -11,10 +11,9 @@ import time
 _T_START = time.perf_counter()
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 
-from _worker_common import version_of, worker_parser  # noqa: E402
+from _worker_common import versions, worker_parser  # noqa: E402
 
 
 def main() -> None:
@@ -86,14 +85,7 @@ def main() -> None:
             "worker_total": time.perf_counter() - _T_START,
         },
         "timed_call": "cv.tl.scvi_train (includes computing the latent and storing the model)",
-        "versions": {
-            "cellvi": getattr(cv, "__version__", None),
-            "torch": torch.__version__,
-            "lightning": version_of("lightning"),
-            "anndata": version_of("anndata"),
-            "numpy": version_of("numpy"),
-            "python": platform.python_version(),
-        },
+        "versions": versions("cellvi", getattr(cv, "__version__", None)),
         "python_executable": sys.executable,
     }
     with open(args.out, "w") as fh:

@@ -6,6 +6,7 @@ One parser guarantees that the two tools are given the same settings by the driv
 from __future__ import annotations
 
 import argparse
+import platform
 from importlib.metadata import PackageNotFoundError, version
 
 
@@ -15,6 +16,16 @@ def version_of(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+def versions(tool: str, tool_version: str | None) -> dict[str, str | None]:
+    """The versions a worker records: its tool's, then torch, lightning, anndata, numpy and
+    Python (looked up from the installed distributions, not imported)."""
+    return {
+        tool: tool_version,
+        **{name: version_of(name) for name in ("torch", "lightning", "anndata", "numpy")},
+        "python": platform.python_version(),
+    }
 
 
 def worker_parser(description: str | None) -> argparse.ArgumentParser:

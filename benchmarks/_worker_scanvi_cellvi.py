@@ -23,11 +23,10 @@ _T_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-from _worker_common import version_of  # noqa: E402
+from _worker_common import versions  # noqa: E402
 
 LABELS_KEY = "label_given"
 
@@ -226,14 +225,7 @@ def main() -> None:
         import_seconds=t_imported - _T_START,
         worker_seconds=time.perf_counter() - _T_START,
         cellvi_file=str(cv.__file__),
-        versions={
-            "cellvi": getattr(cv, "__version__", None),
-            "torch": torch.__version__,
-            "lightning": version_of("lightning"),
-            "anndata": version_of("anndata"),
-            "numpy": version_of("numpy"),
-            "python": platform.python_version(),
-        },
+        versions=versions("cellvi", getattr(cv, "__version__", None)),
         python_executable=sys.executable,
     )
     with open(args.out_json, "w") as fh:

@@ -18,11 +18,10 @@ _T_START = time.perf_counter()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 
-from _worker_common import version_of  # noqa: E402
+from _worker_common import versions  # noqa: E402
 
 LABELS_KEY = "label_given"
 
@@ -120,14 +119,7 @@ def main() -> None:
         "worker_seconds": time.perf_counter() - _T_START,
         "timed_calls": "SCVI.train, SCANVI.train (latent and predictions computed afterwards, "
         "outside the timers)",
-        "versions": {
-            "scvi-tools": scvi.__version__,
-            "torch": torch.__version__,
-            "lightning": version_of("lightning"),
-            "anndata": version_of("anndata"),
-            "numpy": version_of("numpy"),
-            "python": platform.python_version(),
-        },
+        "versions": versions("scvi-tools", scvi.__version__),
         "python_executable": sys.executable,
     }
     with open(args.out_json, "w") as fh:

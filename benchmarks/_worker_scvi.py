@@ -13,10 +13,9 @@ _T_START = time.perf_counter()
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 
-from _worker_common import version_of, worker_parser  # noqa: E402
+from _worker_common import versions, worker_parser  # noqa: E402
 
 
 def main() -> None:
@@ -96,14 +95,7 @@ def main() -> None:
             "worker_total": time.perf_counter() - _T_START,
         },
         "timed_call": "model.train",
-        "versions": {
-            "scvi-tools": scvi.__version__,
-            "torch": torch.__version__,
-            "lightning": version_of("lightning"),
-            "anndata": version_of("anndata"),
-            "numpy": version_of("numpy"),
-            "python": platform.python_version(),
-        },
+        "versions": versions("scvi-tools", scvi.__version__),
         "python_executable": sys.executable,
     }
     with open(args.out, "w") as fh:

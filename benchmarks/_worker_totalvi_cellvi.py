@@ -11,10 +11,9 @@ import time
 _T_START = time.perf_counter()
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import warnings  # noqa: E402
 
-from _worker_common import version_of, worker_parser  # noqa: E402
+from _worker_common import versions, worker_parser  # noqa: E402
 
 
 def main() -> None:
@@ -67,12 +66,7 @@ def main() -> None:
         "heldout_terms": {k: float(v) for k, v in res.items()},
         "precision": str(train.uns["totalvi"]["params"]["precision"]),
         "worker_seconds": time.perf_counter() - _T_START,
-        "versions": {
-            "cellvi": cv.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "lightning": version_of("lightning"),
-        },
+        "versions": versions("cellvi", cv.__version__),
     }
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)

@@ -20,10 +20,9 @@ _T_START = time.perf_counter()
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import warnings  # noqa: E402
 
-from _worker_common import version_of, worker_parser  # noqa: E402
+from _worker_common import versions, worker_parser  # noqa: E402
 
 
 def _densify(mdata) -> None:
@@ -124,12 +123,7 @@ def main() -> None:
         "heldout_terms": terms,
         "scvi_get_elbo": get_elbo,
         "worker_seconds": time.perf_counter() - _T_START,
-        "versions": {
-            "scvi-tools": scvi.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "lightning": version_of("lightning"),
-        },
+        "versions": versions("scvi-tools", scvi.__version__),
     }
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
