@@ -81,6 +81,39 @@ def test_frozen_training_moves_only_new_rows_and_restores_flags():
     assert not torch.equal(moved, before["decoder.body.norms.0.running_mean"])
 
 
+def test_adaptive_norms_train_with_minibatch_statistics_and_the_rest_stays_frozen():
+    old, new = _pair(2, 3)
+    masks = transplant(old, new, n_old=2)
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    mb = {
+        "x": torch.poisson(torch.full((8, 20), 3.0)),
+        "batch": torch.full((8,), 2),  # a one-batch query minibatch
+        "labels": torch.zeros(8, dtype=torch.long),
+        "cat_covs": torch.zeros(8, 0, dtype=torch.long),
+        "cont_covs": torch.zeros(8, 0),
+    }
+    mb["log_x_factorial"] = torch.lgamma(mb["x"] + 1).sum(1)
+    new.train()
+    norm = "decoder.body.norms.0."
+    with frozen_except(new, masks, adaptive_norms=SCVIModule.query_adaptive_norms):
+        trained = {n for n, p in new.named_parameters() if p.requires_grad}
+        assert trained == set(masks) | {norm + "weight", norm + "bias"}
+        optimizer = torch.optim.Adam([p for p in new.parameters() if p.requires_grad], lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            new(mb).loss.backward()
+            optimizer.step()
+    after = new.state_dict()
+    for name, value in before.items():
+        if name.startswith(norm):  # scale, shift and running statistics follow the query
+            assert not torch.equal(after[name], value), name
+        elif name in masks:
+            assert torch.equal(after[name][:2], value[:2]), name
+        else:  # the encoder's norm kept the reference's statistics
+            assert torch.equal(after[name], value), name
+    assert all(p.requires_grad for p in new.parameters())
+
+
 def test_shape_change_other_than_batch_rows_is_refused():
     old = SCVIModule(20, n_batch=2, **SHAPE)
     new = SCVIModule(20, n_batch=3, **{**SHAPE, "n_hidden": 8})

@@ -47,9 +47,13 @@ def test_query_lands_on_its_cell_types_and_reference_is_frozen(split):
     assert cv.tl.scvi_evaluate(query)["elbo"] > -150
     before, after = load_model(ref, "scvi").module, load_model(query, "scvi").module
     old, new = before.state_dict(), after.state_dict()
-    moved = []
+    moved, adapted = [], []
     for name, value in old.items():
         if "num_batches_tracked" in name or "library_log" in name:
+            continue
+        if name.startswith("decoder.body.norms."):  # the decoder's norms adapt to the query
+            if not torch.equal(new[name], value):
+                adapted.append(name)
             continue
         assert torch.equal(new[name][: value.shape[0]], value), name
         if new[name].shape != value.shape and not torch.equal(new[name][2], value.mean(0)):
@@ -59,6 +63,8 @@ def test_query_lands_on_its_cell_types_and_reference_is_frozen(split):
         "decoder.body.injections.0.categorical.0.weight",
         "z_encoder.body.injections.0.categorical.0.weight",
     ]
+    # the decoder's batch norm: scale, shift and running statistics
+    assert sorted(adapted) == [f"decoder.body.norms.0.{p}" for p in ("bias", "running_mean", "running_var", "weight")]  # fmt: skip
     # the reference's cells embed the same with the query's model
     cv.tl.scvi_embed(ref, model_from=query, key_added="via_query")
     np.testing.assert_allclose(ref.obsm["X_via_query"], ref.obsm["X_scvi"], atol=1e-5)

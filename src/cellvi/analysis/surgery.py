@@ -8,7 +8,7 @@ gradients reach only the new rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -57,8 +57,22 @@ def transplant(reference: nn.Module, extended: nn.Module, n_old: int) -> dict[st
     return masks
 
 
+def _norms(module: nn.Module, prefixes: Sequence[str]) -> tuple[set[str], list[nn.Module]]:
+    """Names of the parameters of the batch norms under ``prefixes``, and the other norms."""
+    adaptive, fixed = set(), []
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+            if any(name.startswith(p) for p in prefixes):
+                adaptive.update(f"{name}.{p}" for p, _ in sub.named_parameters())
+            else:
+                fixed.append(sub)
+    return adaptive, fixed
+
+
 @contextmanager
-def frozen_except(module: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[None]:
+def frozen_except(
+    module: nn.Module, masks: dict[str, torch.Tensor], *, adaptive_norms: Sequence[str] = ()
+) -> Iterator[None]:
     """Train only the masked entries of ``module`` while in the context.
 
     Parameters without a mask get ``requires_grad=False`` (optimisers built inside the
@@ -69,9 +83,15 @@ def frozen_except(module: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator
     BatchNorm layers normalise with the reference's running statistics, also in training
     mode. With minibatch statistics, a per-batch bias added before the norm would be
     subtracted again whenever a minibatch holds one batch (a one-batch query always does),
-    so the new batch columns could not learn anything. Everything is restored on exit.
+    so the new batch columns could not learn anything. The exception is the norms under the
+    submodule prefixes ``adaptive_norms`` (a module's decoder, as scArches leaves its decoder
+    norms free): they normalise with the minibatch's statistics (updating their running
+    ones) and train their scale and shift, so the decoder re-centres on the query while the
+    encoder's new batch columns learn the query's shift. Everything is restored on exit
+    (apart from the adaptive norms' running statistics, which now describe the query).
     """
     handles, flags, modes = [], {}, {}
+    adaptive, fixed = _norms(module, adaptive_norms)
     try:
         for name, param in module.named_parameters():
             flags[name] = param.requires_grad
@@ -79,12 +99,11 @@ def frozen_except(module: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator
                 # the trainer may move the module to a GPU after this point: follow the grad
                 mask = masks[name]
                 handles.append(param.register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype)))
-            else:
+            elif name not in adaptive:
                 param.requires_grad_(False)
-        for sub in module.modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                modes[sub] = sub.training
-                handles.append(sub.register_forward_pre_hook(_use_running_statistics))
+        for sub in fixed:
+            modes[sub] = sub.training
+            handles.append(sub.register_forward_pre_hook(_use_running_statistics))
         yield
     finally:
         for handle in handles:

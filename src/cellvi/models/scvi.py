@@ -85,6 +85,10 @@ class SCVIModule(nn.Module):
         Where to normalise: ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
     """
 
+    #: Submodules whose batch norms adapt to a query in frozen query mapping (minibatch
+    #: statistics, trained scale and shift; see :func:`cellvi.analysis.surgery.frozen_except`).
+    query_adaptive_norms: tuple[str, ...] = ("decoder.",)
+
     def __init__(
         self,
         n_input: int,

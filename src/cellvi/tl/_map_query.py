@@ -82,8 +82,9 @@ def map_query(
     (missing ones as all-zero columns, marked in ``var["cellvi_padded"]``; this needs
     ``copy=True`` when the genes differ), the query's new batches are appended to the batch
     categories, and the model gains one batch column per new batch in the layers that take
-    the batch. Then only those columns train (``freeze=True``) and the query's latent is
-    computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
+    the batch. Then only those columns train (``freeze=True``), with the decoder's batch
+    norms of an scVI or scANVI model (minibatch statistics, trained scale and shift, as in
+    scArches), and the query's latent is computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
     (train the reference with ``encode_covariates=True`` so that the encoder sees the batch).
 
     A reference of an RNA + protein model takes a query laid out as its training data (a
@@ -213,7 +214,8 @@ def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerato
     epochs = max_epochs or min(default_max_epochs(data.n_cells), MAX_DEFAULT_QUERY_EPOCHS)
     # frozen entries must not move: Adam's weight decay would move them, so it is off
     plan = TrainingPlan(module, lr=lr, weight_decay=0.0, n_epochs_kl_warmup=0)
-    context = frozen_except(module, masks) if freeze else nullcontext()
+    adaptive = getattr(module, "query_adaptive_norms", ())
+    context = frozen_except(module, masks, adaptive_norms=adaptive) if freeze else nullcontext()
     take_used()  # the payload records the kernels this training uses
     with context:
         fit(
