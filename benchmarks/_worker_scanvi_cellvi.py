@@ -173,28 +173,31 @@ def query(args, cv) -> tuple[dict, dict]:
         "reference_scvi_latent": np.asarray(ref.obsm["X_scvi"], dtype=np.float32),
         "reference_scanvi_prediction": _as_str(ref.obs["scanvi_prediction"]),
     }
-    for key in ("scanvi", "scvi"):
+    # the default (new batch columns only, scArches) and every weight fine-tuned
+    runs = [(key, freeze) for freeze in (True, False) for key in ("scanvi", "scvi")]
+    for key, freeze in runs:
+        name = key if freeze else f"{key}_unfrozen"
         t = time.perf_counter()
         try:
-            mapped = cv.tl.map_query(qry, reference=ref, key=key, copy=True)
+            mapped = cv.tl.map_query(qry, reference=ref, key=key, freeze=freeze, copy=True)
         except Exception as exc:  # recorded for the report, exactly as raised
-            result["map_query"][key] = {
+            result["map_query"][name] = {
                 "status": "failed",
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(),
             }
             continue
         record = mapped.uns[key].get("query_mapping", {})
-        result["map_query"][key] = {
+        result["map_query"][name] = {
             "status": "ok",
             "seconds": time.perf_counter() - t,
             "epochs_run": int(record.get("max_epochs", -1)),
             "new_batches": [str(b) for b in record.get("new_batches", [])],
         }
-        arrays[f"query_{key}_latent"] = np.asarray(mapped.obsm[f"X_{key}"], dtype=np.float32)
+        arrays[f"query_{name}_latent"] = np.asarray(mapped.obsm[f"X_{key}"], dtype=np.float32)
         if key == "scanvi":
-            arrays["query_scanvi_prediction"] = _as_str(mapped.obs["scanvi_prediction"])
-            arrays["query_scanvi_confidence"] = np.asarray(
+            arrays[f"query_{name}_prediction"] = _as_str(mapped.obs["scanvi_prediction"])
+            arrays[f"query_{name}_confidence"] = np.asarray(
                 mapped.obs["scanvi_confidence"], dtype=np.float64
             )
     return result, arrays

@@ -20,7 +20,7 @@ Semi-supervised annotation on real counts, on the CPU, each tool in its own fres
 5. ``--query`` (cellvi only; default on when ``pbmc_multibatch`` is in ``--datasets``): a fully
    labelled reference (``zheng17_sorted``) and a query batch without labels (``pbmc4k_v2``),
    mapped with ``cv.tl.map_query``; the query's scANVI predictions against its true labels,
-   next to kNN transfer on the mapped scVI latent.
+   next to kNN transfer on the mapped scVI latent; both again with ``freeze=False``.
 
 Run it on an otherwise idle machine, and report the ratios rather than absolute cells/s. See
 ``benchmarks/README.md``.
@@ -549,11 +549,14 @@ def score_query(result: dict, parts: dict) -> dict:
         if not np.array_equal(arrays[f"{role}_obs_names"], parts[role]["names"]):
             raise WorkerError("cellvi", f"returned {role} cells other than the prepared ones", "")
     scores: dict = {}
-    if "query_scanvi_prediction" in arrays:
-        scores["scanvi_map_query"] = classification_scores(q_y, arrays["query_scanvi_prediction"])
-    if "query_scvi_latent" in arrays:
-        pred, k = knn_transfer(arrays["reference_scvi_latent"], ref_y, arrays["query_scvi_latent"])
-        scores["knn_scvi_map_query"] = {**classification_scores(q_y, pred), "n_neighbors": k}
+    for suffix in ("", "_unfrozen"):  # map_query's default, and freeze=False
+        if f"query_scanvi{suffix}_prediction" in arrays:
+            predicted = arrays[f"query_scanvi{suffix}_prediction"]
+            scores[f"scanvi_map_query{suffix}"] = classification_scores(q_y, predicted)
+        if f"query_scvi{suffix}_latent" in arrays:
+            latent = arrays[f"query_scvi{suffix}_latent"]
+            pred, k = knn_transfer(arrays["reference_scvi_latent"], ref_y, latent)
+            scores[f"knn_scvi_map_query{suffix}"] = {**classification_scores(q_y, pred), "n_neighbors": k}  # fmt: skip
     scores["reference_scanvi_accuracy"] = classification_scores(
         ref_y, arrays["reference_scanvi_prediction"]
     )["accuracy"]
@@ -619,7 +622,9 @@ def print_query(info: dict, result: dict, scores: dict) -> None:
     )
     rows = []
     names = (("scanvi_map_query", "scANVI map_query predictions", "scanvi"),
-             ("knn_scvi_map_query", "15-NN on map_query scVI latent", "scvi"))  # fmt: skip
+             ("knn_scvi_map_query", "15-NN on map_query scVI latent", "scvi"),
+             ("scanvi_map_query_unfrozen", "scANVI, map_query(freeze=False)", "scanvi_unfrozen"),
+             ("knn_scvi_map_query_unfrozen", "15-NN, scVI map_query(freeze=False)", "scvi_unfrozen"))  # fmt: skip
     for key, title, model in names:
         mq = result["map_query"].get(model, {})
         if key in scores:
