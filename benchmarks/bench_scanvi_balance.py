@@ -1,10 +1,10 @@
-"""Why cellvi's scANVI draws labelled cells balanced by type: per-type F1 with and without.
+"""scANVI's ``balance_labels``: per-type F1 with and without a type-balanced labelled minibatch.
 
 cellvi only, in this process (an accuracy comparison, not a timing): for each dataset of
 ``bench_scanvi.py`` (same cells, genes and 10 % label mask), scVI is trained once per seed,
-then scANVI from it twice, with ``balance_labels=True`` (cellvi's default: every type equally
-likely in the labelled minibatch) and ``balance_labels=False`` (the types' proportions, as
-scvi-tools draws them). Scored on the cells whose label was hidden: accuracy, macro F1 and the
+then scANVI from it twice, with ``balance_labels=True`` (a companion minibatch of labelled
+cells, every type equally likely) and ``balance_labels=False`` (cellvi's default since this
+ablation: the classifier's loss on the labelled cells of each training minibatch). Scored on the cells whose label was hidden: accuracy, macro F1 and the
 F1 of every type. Writes a JSON and a figure (per-type F1 against the number of labelled cells
 of the type, both settings), by default to ``docs/_static/scanvi_balance_labels.png``.
 

@@ -1,0 +1,133 @@
+"""scANVI's options, one at a time: accuracy and macro F1 next to the kNN vote on the same latent.
+
+cellvi only, in this process (an accuracy comparison, not a timing). For each dataset of
+``bench_scanvi.py`` (same cells, genes and 10 % label mask), scVI is trained once (seed 0,
+``--scvi-epochs``); then scANVI is trained from that same scVI model with cellvi's defaults and
+with each option of ``--options`` changed on its own, for every seed of ``--seeds``. Scored on
+the cells whose label was hidden, with the 15-NN vote on the labelled cells of the scVI latent
+as the baseline the predictions should not lose to.
+
+It measures the defaults; it is not a search. Never run on the holdout data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_scanvi import (  # noqa: E402
+    DATASETS,
+    LABELS_KEY,
+    UNLABELED,
+    classification_scores,
+    knn_transfer,
+    prepare_dataset,
+)
+from bench_scvi_speed import REPO_ROOT  # noqa: E402
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "scanvi_options.json"
+# name -> the keyword arguments of cv.tl.scanvi_train that differ from the defaults
+OPTIONS = {
+    "default": {},
+    "max_epochs=30": {"max_epochs": 30},
+    "linear_classifier": {"linear_classifier": True},
+    "label_prior=frequency": {"label_prior": "frequency"},
+    "classification_ratio=20": {"classification_ratio": 20.0},
+    "classification_ratio=150": {"classification_ratio": 150.0},
+    "balance_labels": {"balance_labels": True},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="scANVI seeds")
+    p.add_argument("--scvi-epochs", type=int, default=100)
+    p.add_argument("--max-cells", type=int, default=None, help="quick checks only")
+    p.add_argument("--n-top-genes", type=int, default=2000)
+    p.add_argument("--label-fraction", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = p.parse_args(argv)
+    args.seed = 0  # the label mask and subsample of bench_scanvi.py
+    return args
+
+
+def run_dataset(name: str, args, workdir: Path) -> dict:
+    import anndata as ad
+    import numpy as np
+
+    import cellvi as cv
+
+    data = prepare_dataset(name, args, workdir)
+    given, truth = data["given"], data["truth"]
+    adata = ad.read_h5ad(data["file"])
+    batch = "batch" if "batch" in adata.obs else None
+    cv.pp.setup_registry(adata, layer=None, batch_key=batch, labels_key=LABELS_KEY)
+    cv.tl.scvi_train(adata, max_epochs=args.scvi_epochs, seed=0)
+    latent = np.asarray(adata.obsm["X_scvi"])
+    knn, _ = knn_transfer(latent[given], truth[given], latent[~given])
+    out = {"info": data["info"], "knn": classification_scores(truth[~given], knn), "runs": []}
+    print(f"{name} 15-NN: accuracy {out['knn']['accuracy']:.3f}, macro F1 "
+          f"{out['knn']['macro_f1']:.3f}", flush=True)  # fmt: skip
+    for option in args.options:
+        for seed in args.seeds:
+            run = adata.copy()
+            cv.tl.scanvi_train(run, unlabeled_category=UNLABELED, seed=seed, **OPTIONS[option])
+            predicted = run.obs["scanvi_prediction"].astype(str).to_numpy()[~given]
+            scores = classification_scores(truth[~given], predicted)
+            out["runs"].append({"option": option, "seed": seed, **scores})
+            print(f"{name} {option} seed {seed}: accuracy {scores['accuracy']:.3f}, macro F1 "
+                  f"{scores['macro_f1']:.3f}", flush=True)  # fmt: skip
+    return out
+
+
+def summary(result: dict) -> dict:
+    import numpy as np
+
+    table = {}
+    for option in dict.fromkeys(r["option"] for r in result["runs"]):
+        runs = [r for r in result["runs"] if r["option"] == option]
+        table[option] = {
+            metric: float(np.mean([r[metric] for r in runs])) for metric in ("accuracy", "macro_f1")
+        }
+    return table
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import cellvi as cv
+
+    cv.settings.progress_bar = False
+    cv.settings.verbosity = 1
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_scanvi_options_") as tmp:
+        for name in args.datasets:
+            results[name] = run_dataset(name, args, Path(tmp))
+    for name, result in results.items():
+        knn = result["knn"]
+        print(f"\n{name}: mean of seeds {args.seeds}; 15-NN accuracy {knn['accuracy']:.3f}, "
+              f"macro F1 {knn['macro_f1']:.3f}")  # fmt: skip
+        for option, row in summary(result).items():
+            print(f"  {option:26s} accuracy {row['accuracy']:.3f}  macro F1 {row['macro_f1']:.3f}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    summaries = {k: summary(v) for k, v in results.items()}
+    args.output.write_text(json.dumps({"settings": settings, "results": results,
+                                       "summary": summaries}, indent=2))  # fmt: skip
+    print(f"results: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
