@@ -149,30 +149,30 @@ class SCANVIModule(SCVIModule):
         return torch.softmax(self.class_logits(qz_m), dim=-1)
 
     # -- the label-dependent prior -------------------------------------------------------------
-    def _per_class_terms(self, z1: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """For every cell and class: ``log p(z1 | z2, y)``, ``log N(z2; 0, I)`` and
-        ``log q(z2 | z1, y)`` at one draw ``z2 ~ q(z2 | z1, y)``, and ``KL(q(z2) || p(z2))``;
-        each ``(n_cells, n_classes)``."""
+    def _per_class_terms(self, z1: torch.Tensor, *, importance: bool = False) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """For every cell and class, at one draw ``z2 ~ q(z2 | z1, y)``: ``log p(z1 | z2, y)``
+        and ``KL(q(z2 | z1, y) || p(z2))``, then with ``importance`` also ``log N(z2; 0, I)``
+        and ``log q(z2 | z1, y)``; each ``(n_cells, n_classes)``."""
         n, c = z1.shape[0], self.n_classes
         ys = torch.arange(c, device=z1.device).repeat_interleave(n)
         z1f = z1.float()
-        z1r = z1f.repeat(c, 1)
         m2, v2 = (t.float() for t in self.z2_encoder(z1f, [ys], tile=c))
-        z2 = m2 + v2.sqrt() * torch.randn_like(m2)
+        eps = torch.randn_like(m2)
+        z2 = m2 + v2.sqrt() * eps
         m1, v1 = (t.float() for t in self.z1_decoder(z2, [ys]))
-        terms = (
-            log_normal(z1r, m1, v1).sum(-1),
-            log_normal(z2, torch.zeros_like(z2), torch.ones_like(z2)).sum(-1),
-            log_normal(z2, m2, v2).sum(-1),
-            _kl_standard_normal(m2, v2),
-        )
+        terms = [log_normal(z1f.repeat(c, 1), m1, v1).sum(-1), _kl_standard_normal(m2, v2)]
+        if importance:
+            half_log_2pi = 0.5 * math.log(2 * math.pi)
+            terms.append(-(0.5 * z2.square() + half_log_2pi).sum(-1))
+            # log N(z2; m2, v2) at z2 = m2 + sqrt(v2) * eps
+            terms.append(-(0.5 * (eps.square() + torch.log(v2)) + half_log_2pi).sum(-1))
         return tuple(t.view(c, n).T for t in terms)
 
     def latent_kl(self, z1, qz_m, qz_v, classes) -> torch.Tensor:
         """The latent part of the negative ELBO per cell, ``log q(z1|x) - log p(z1, y)`` in
         expectation: labelled cells (``classes >= 0``) take their class; unlabelled ones
         average over ``q(y | z1)`` and pay ``KL(q(y | z1) || p(y))``."""
-        log_p_z1, _, _, kl_z2 = self._per_class_terms(z1)
+        log_p_z1, kl_z2 = self._per_class_terms(z1)
         per_class = kl_z2 - log_p_z1  # -E log p(z1 | z2, y) + KL(q(z2 | z1, y) || p(z2))
         log_prior = self.log_label_prior.float()
         log_q = torch.log_softmax(self.class_logits(z1), dim=-1)
@@ -186,7 +186,7 @@ class SCANVIModule(SCVIModule):
     def log_prior_z1(self, z1: torch.Tensor) -> torch.Tensor:
         """Importance-sampled ``log p(z1) = log sum_y p(y) E_q(z2|z1,y)[p(z1|z2,y) p(z2) /
         q(z2|z1,y)]`` per cell, one draw of ``z2`` per class."""
-        log_p_z1, log_p_z2, log_q_z2, _ = self._per_class_terms(z1)
+        log_p_z1, _, log_p_z2, log_q_z2 = self._per_class_terms(z1, importance=True)
         log_prior = self.log_label_prior.float()
         return torch.logsumexp(log_prior + log_p_z1 + log_p_z2 - log_q_z2, dim=-1)
 
