@@ -52,6 +52,26 @@ def test_a_query_without_labels_is_annotated(mapped):
     assert reference.uns["scanvi"]["registry"]["unlabeled_category"] == "Unknown"
 
 
+def test_frozen_mapping_adapts_only_the_decoder_and_classifier_norms(mapped):
+    import torch
+
+    from cellvi.lifecycle.runtime import load_model
+
+    reference, query, _ = mapped
+    old = load_model(reference, "scanvi").module.state_dict()
+    new = load_model(query, "scanvi").module.state_dict()
+    changed = set()
+    for name, value in old.items():
+        if "num_batches_tracked" in name or "library_log" in name:
+            continue
+        rows = new[name][: value.shape[0]] if new[name].dim() else new[name]
+        if not torch.equal(rows, value):
+            changed.add(name)
+    norms = {f"{part}.{stat}" for part in ("decoder.body.norms.0", "classifier.0.norms.0")
+             for stat in ("weight", "bias", "running_mean", "running_var")}  # fmt: skip
+    assert changed == norms  # the encoder, z2 / z1 networks and classifier weights: frozen
+
+
 def test_the_mapped_query_works_with_the_generic_verbs(mapped):
     _, query, _ = mapped
     data = query.copy()

