@@ -82,9 +82,10 @@ def map_query(
     (missing ones as all-zero columns, marked in ``var["cellvi_padded"]``; this needs
     ``copy=True`` when the genes differ), the query's new batches are appended to the batch
     categories, and the model gains one batch column per new batch in the layers that take
-    the batch. Then only those columns train (``freeze=True``), with the decoder's batch
-    norms of an scVI or scANVI model (minibatch statistics, trained scale and shift, as in
-    scArches), and the query's latent is computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
+    the batch. Then only those columns train (``freeze=True``), with the batch norms the
+    model names in ``query_adaptive_norms`` (scVI and scANVI: the decoder's, as in scArches;
+    scANVI: also the classifier's), which use minibatch statistics and train their scale and
+    shift; the query's latent is computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
     (train the reference with ``encode_covariates=True`` so that the encoder sees the batch).
 
     A reference of an RNA + protein model takes a query laid out as its training data (a
