@@ -14,14 +14,13 @@ Tuning nothing: the defaults are fixed, this measures one of them. Never run on 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scanvi import DATASETS, LABELS_KEY, UNLABELED, prepare_dataset  # noqa: E402
+from _scanvi_in_process import parse, parser, run_datasets, write_json  # noqa: E402
+from bench_scanvi import LABELS_KEY, UNLABELED, prepare_dataset  # noqa: E402
 from bench_scvi_speed import REPO_ROOT  # noqa: E402
 
 DEFAULT_FIGURE = REPO_ROOT / "docs" / "_static" / "scanvi_balance_labels.png"
@@ -29,20 +28,9 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "scanvi_balance.j
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    p.add_argument("--scvi-epochs", type=int, default=100)
-    p.add_argument("--max-cells", type=int, default=None, help="quick checks only")
-    p.add_argument("--n-top-genes", type=int, default=2000)
-    p.add_argument("--label-fraction", type=float, default=0.1)
-    p.add_argument("--threads", type=int, default=2)
+    p = parser(__doc__.split("\n\n")[0], seeds=[0, 1, 2], output=DEFAULT_OUTPUT)
     p.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = p.parse_args(argv)
-    args.seed = 0  # the label mask and subsample of bench_scanvi.py
-    return args
+    return parse(p, argv)
 
 
 def per_type_scores(truth, predicted) -> dict:
@@ -132,26 +120,12 @@ def figure(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import cellvi as cv
-
-    cv.settings.progress_bar = False
-    cv.settings.verbosity = 1
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench_scanvi_balance_") as tmp:
-        for name in args.datasets:
-            results[name] = run_dataset(name, args, Path(tmp))
+    results = run_datasets(args, run_dataset, "bench_scanvi_balance_")
     for name, result in results.items():
         for balance, row in summary(result).items():
             print(f"{name:16s} balance_labels={balance:5s} accuracy {row['accuracy_mean']:.3f} "
                   f"macro F1 {row['macro_f1_mean']:.3f}")  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    args.output.write_text(json.dumps({"settings": settings, "results": results,
-                                       "summary": {k: summary(v) for k, v in results.items()}},
-                                      indent=2))  # fmt: skip
+    write_json(args, results, {k: summary(v) for k, v in results.items()})
     figure(results, args.figure)
     print(f"results: {args.output}\nfigure: {args.figure}")
     return 0

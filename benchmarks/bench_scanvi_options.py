@@ -13,22 +13,19 @@ It measures the defaults; it is not a search. Never run on the holdout data.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _scanvi_in_process import parse, parser, run_datasets, write_json  # noqa: E402
 from bench_scanvi import (  # noqa: E402
-    DATASETS,
     LABELS_KEY,
     UNLABELED,
     classification_scores,
     knn_transfer,
     prepare_dataset,
 )
-from bench_scvi_speed import REPO_ROOT  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "scanvi_options.json"
 # name -> the keyword arguments of cv.tl.scanvi_train that differ from the defaults
@@ -44,20 +41,9 @@ OPTIONS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    p = parser(__doc__.split("\n\n")[0], seeds=[0, 1], output=DEFAULT_OUTPUT)
     p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="scANVI seeds")
-    p.add_argument("--scvi-epochs", type=int, default=100)
-    p.add_argument("--max-cells", type=int, default=None, help="quick checks only")
-    p.add_argument("--n-top-genes", type=int, default=2000)
-    p.add_argument("--label-fraction", type=float, default=0.1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = p.parse_args(argv)
-    args.seed = 0  # the label mask and subsample of bench_scanvi.py
-    return args
+    return parse(p, argv)
 
 
 def run_dataset(name: str, args, workdir: Path) -> dict:
@@ -103,28 +89,14 @@ def summary(result: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import cellvi as cv
-
-    cv.settings.progress_bar = False
-    cv.settings.verbosity = 1
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench_scanvi_options_") as tmp:
-        for name in args.datasets:
-            results[name] = run_dataset(name, args, Path(tmp))
+    results = run_datasets(args, run_dataset, "bench_scanvi_options_")
     for name, result in results.items():
         knn = result["knn"]
         print(f"\n{name}: mean of seeds {args.seeds}; 15-NN accuracy {knn['accuracy']:.3f}, "
               f"macro F1 {knn['macro_f1']:.3f}")  # fmt: skip
         for option, row in summary(result).items():
             print(f"  {option:26s} accuracy {row['accuracy']:.3f}  macro F1 {row['macro_f1']:.3f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    summaries = {k: summary(v) for k, v in results.items()}
-    args.output.write_text(json.dumps({"settings": settings, "results": results,
-                                       "summary": summaries}, indent=2))  # fmt: skip
+    write_json(args, results, {k: summary(v) for k, v in results.items()})
     print(f"results: {args.output}")
     return 0
 
