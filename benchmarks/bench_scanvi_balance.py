@@ -102,10 +102,12 @@ def figure(results: dict, path: Path) -> None:
     for ax, (name, result) in zip(axes, results.items(), strict=True):
         per_class = result["info"]["labelled_per_class"]
         table = summary(result)
-        classes = sorted(per_class, key=lambda c: per_class[c]["n_labelled"])
+        # types with hidden cells (a tiny --max-cells subsample may hide none of a type)
+        scored = table["True"]["f1_mean"]
+        classes = sorted((c for c in per_class if c in scored), key=lambda c: per_class[c]["n_labelled"])  # fmt: skip
         n = np.asarray([per_class[c]["n_labelled"] for c in classes])
-        for balance, marker, label in ((True, "o", "balanced (cellvi default)"),
-                                       (False, "x", "proportional (scvi-tools)")):  # fmt: skip
+        for balance, marker, label in ((True, "o", "balanced (balance_labels=True)"),
+                                       (False, "x", "proportional (default, as scvi-tools)")):  # fmt: skip
             t = table[str(balance)]
             f1 = [t["f1_mean"][c] for c in classes]
             ax.scatter(n, f1, marker=marker, label=f"{label}: macro F1 {t['macro_f1_mean']:.3f}")
