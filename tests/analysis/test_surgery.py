@@ -18,6 +18,30 @@ def _pair(n_old, n_new, **options):
     return old, new
 
 
+def _minibatch(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Poisson counts of 20 genes for the cells of ``batch``, with the fields training reads."""
+    n = len(batch)
+    x = torch.poisson(torch.full((n, 20), 3.0))
+    return {
+        "x": x,
+        "batch": batch,
+        "labels": torch.zeros(n, dtype=torch.long),
+        "cat_covs": torch.zeros(n, 0, dtype=torch.long),
+        "cont_covs": torch.zeros(n, 0),
+        "log_x_factorial": torch.lgamma(x + 1).sum(1),
+    }
+
+
+def _adam_steps(module, mb, steps: int = 3) -> None:
+    """A few Adam steps on the parameters that require a gradient (those an optimiser built
+    inside ``frozen_except`` would hold)."""
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        module(mb).loss.backward()
+        optimizer.step()
+
+
 def test_transplant_copies_and_extends_batch_rows():
     old, new = _pair(2, 3, dispersion="gene-batch")
     masks = transplant(old, new, n_old=2)
@@ -50,23 +74,11 @@ def test_frozen_training_moves_only_new_rows_and_restores_flags():
     old, new = _pair(2, 3)
     masks = transplant(old, new, n_old=2)
     before = {k: v.clone() for k, v in new.state_dict().items()}
-    mb = {
-        "x": torch.poisson(torch.full((8, 20), 3.0)),
-        "batch": torch.tensor([0, 1, 2, 2, 2, 0, 1, 2]),
-        "labels": torch.zeros(8, dtype=torch.long),
-        "cat_covs": torch.zeros(8, 0, dtype=torch.long),
-        "cont_covs": torch.zeros(8, 0),
-    }
-    mb["log_x_factorial"] = torch.lgamma(mb["x"] + 1).sum(1)
+    mb = _minibatch(torch.tensor([0, 1, 2, 2, 2, 0, 1, 2]))
     new.train()
     with frozen_except(new, masks):
-        params = [p for p in new.parameters() if p.requires_grad]
-        assert len(params) == len(masks)
-        optimizer = torch.optim.Adam(params, lr=0.1)
-        for _ in range(3):
-            optimizer.zero_grad()
-            new(mb).loss.backward()
-            optimizer.step()
+        assert sum(p.requires_grad for p in new.parameters()) == len(masks)
+        _adam_steps(new, mb)
     after = new.state_dict()
     for name, value in before.items():
         if name in masks:
@@ -85,24 +97,13 @@ def test_adaptive_norms_train_with_minibatch_statistics_and_the_rest_stays_froze
     old, new = _pair(2, 3)
     masks = transplant(old, new, n_old=2)
     before = {k: v.clone() for k, v in new.state_dict().items()}
-    mb = {
-        "x": torch.poisson(torch.full((8, 20), 3.0)),
-        "batch": torch.full((8,), 2),  # a one-batch query minibatch
-        "labels": torch.zeros(8, dtype=torch.long),
-        "cat_covs": torch.zeros(8, 0, dtype=torch.long),
-        "cont_covs": torch.zeros(8, 0),
-    }
-    mb["log_x_factorial"] = torch.lgamma(mb["x"] + 1).sum(1)
+    mb = _minibatch(torch.full((8,), 2))  # a one-batch query minibatch
     new.train()
     norm = "decoder.body.norms.0."
     with frozen_except(new, masks, adaptive_norms=SCVIModule.query_adaptive_norms):
         trained = {n for n, p in new.named_parameters() if p.requires_grad}
         assert trained == set(masks) | {norm + "weight", norm + "bias"}
-        optimizer = torch.optim.Adam([p for p in new.parameters() if p.requires_grad], lr=0.1)
-        for _ in range(3):
-            optimizer.zero_grad()
-            new(mb).loss.backward()
-            optimizer.step()
+        _adam_steps(new, mb)
     after = new.state_dict()
     for name, value in before.items():
         if name.startswith(norm):  # scale, shift and running statistics follow the query
