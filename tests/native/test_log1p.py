@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.conftest import skip_or_fail
+from tests.native.zig import ZIG_GLIBC_228, zig_works
 
 from cellvi.utils import native
 
 PROBE = Path(__file__).with_name("log1p_probe.c")
-ZIG = [sys.executable, "-m", "ziglang", "cc", "-target", f"{platform.machine()}-linux-gnu.2.28"]
+ZIG = ZIG_GLIBC_228
 BASE = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd")
 #: the most a result may differ from the reference, in units in the last place of the result:
 #: glibc's vector log is within 4 ulps (its stated goal), the correction adds under 1; measured
@@ -43,14 +44,6 @@ CASES = {
 }
 
 
-def _zig_works() -> bool:
-    try:
-        done = subprocess.run([*ZIG, "--version"], capture_output=True, timeout=120, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
 @pytest.fixture(scope="module", params=list(CASES))
 def probe(request, tmp_path_factory):
     """The probe library of one case, with its undefined symbols."""
@@ -60,7 +53,7 @@ def probe(request, tmp_path_factory):
         skip_or_fail(f"{name}: libmvec is for x86-64 Linux, this is {platform.machine()}")
     if compiler == ["gcc"] and shutil.which("gcc") is None:
         skip_or_fail(f"{name}: gcc is not installed")
-    if compiler is ZIG and not _zig_works():
+    if compiler is ZIG and not zig_works():
         skip_or_fail(f"{name}: ziglang is not installed (pip install ziglang)")
     if "-fveclib=libmvec" in flags:
         libmvec = native._libmvec_path()

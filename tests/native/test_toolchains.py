@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from tests.conftest import skip_or_fail
 from tests.native.kernel_checks import CHECKS
+from tests.native.zig import ZIG, ZIG_GLIBC_228, zig_works
 
 import cellvi as cv
 from cellvi.utils import native
 from cellvi.utils.session import versions
 
-ZIG = [sys.executable, "-m", "ziglang", "cc"]
 X86 = platform.machine() in ("x86_64", "AMD64")
 #: clang gets glibc's vector math here (cellvi.utils.native.CLANG_VECLIB)
 CLANG_VECLIB = X86 and sys.platform.startswith("linux") and native._libmvec_path() is not None
@@ -36,14 +36,6 @@ def _cpu_flags() -> set[str]:
         return set()
 
 
-def _has_zig() -> bool:
-    try:
-        done = subprocess.run([*ZIG, "--version"], capture_output=True, timeout=120, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
 #: name -> (environment, the compiler's name in its --version, flags every build must have)
 TOOLCHAINS = {
     "gcc-native": ({"CC": "gcc"}, "gcc", ["-march=native"]),
@@ -52,7 +44,7 @@ TOOLCHAINS = {
     # what GCC declares against glibc 2.28 (RHEL 8): vector exp and log, no vector log1p
     "gcc-glibc2.28": ({"CC": "gcc -DCELLVI_ASSUME_GLIBC=228"}, "gcc", ["-march=native"]),
     "zig-clang-glibc2.28": (
-        {"CC": " ".join([*ZIG, "-target", f"{platform.machine()}-linux-gnu.2.28"])},
+        {"CC": " ".join(ZIG_GLIBC_228)},
         "clang",
         ["-fopenmp-simd"],
     ),
@@ -72,7 +64,7 @@ def _unavailable_reason(name: str) -> str | None:
         return f"-march={name[4:]} is for x86-64 CPUs, this is {platform.machine()}"
     if name == "gcc-x86-64-v3" and not {"avx2", "fma", "bmi2", "movbe"} <= _cpu_flags():
         return "this CPU cannot run x86-64-v3 code (no AVX2 / FMA / BMI2)"
-    if name.startswith("zig") and not _has_zig():
+    if name.startswith("zig") and not zig_works():
         return "ziglang is not installed (pip install ziglang; it is in the test extra)"
     return None
 
@@ -155,7 +147,7 @@ def test_kernel_matches_the_reference(toolchain, kernel):
 def test_aarch64_cross_compiles(tmp_path):
     """Compile-only: every kernel builds for aarch64 Linux with the portable flag sets (the
     fallback sets without -march=native; OpenMP is not in zig's clang)."""
-    if not _has_zig():
+    if not zig_works():
         skip_or_fail("ziglang is not installed (pip install ziglang; it is in the test extra)")
     for kernel, source in native.KERNELS.items():
         for flags in native.flag_sets(source):
@@ -177,7 +169,7 @@ def test_zig_clang_build_trains_scvi_like_the_torch_path(monkeypatch, tmp_path):
     Where clang gets no vector math (not x86-64 Linux) the NB likelihood runs in torch."""
     import numpy as np
 
-    if not _has_zig():
+    if not zig_works():
         skip_or_fail("ziglang is not installed (pip install ziglang; it is in the test extra)")
     adata = cv.datasets.pbmc_10x()
     rng = np.random.default_rng(0)
