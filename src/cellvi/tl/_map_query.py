@@ -85,8 +85,9 @@ def map_query(
     the batch. Then only those columns train (``freeze=True``), with the batch norms the
     model names in ``query_adaptive_norms`` (scVI and scANVI: the decoder's, as in scArches;
     scANVI: also the classifier's), which use minibatch statistics and train their scale and
-    shift; the query's latent is computed in the reference's space. See ``docs/analysis.md`` for the recommended flow
-    (train the reference with ``encode_covariates=True`` so that the encoder sees the batch).
+    shift; the query's latent is computed in the reference's space. See ``docs/analysis.md``
+    for the recommended flow (train the reference with ``encode_covariates=True`` so that the
+    encoder sees the batch).
 
     A reference of an RNA + protein model takes a query laid out as its training data (a
     MuData with the same modalities, or an AnnData with proteins in the same ``.obsm`` key).
