@@ -57,6 +57,38 @@ def test_unlabelled_elbo_is_the_q_weighted_labelled_one_plus_the_label_kl():
     torch.testing.assert_close(unlabelled, labelled, atol=1e-4, rtol=0)
 
 
+def test_mixed_minibatch_scores_each_cell_as_alone():
+    """Labelled cells are scored on their own class only, unlabelled ones on every class:
+    each cell's latent term is what it is in an all-labelled or all-unlabelled minibatch
+    (evaluation mode, same draws), and a labelled cell costs one (cell, class) pair."""
+    torch.manual_seed(0)
+    module = SCANVIModule(30, 3, n_batch=2, n_labels=5, n_hidden=16).eval()
+    z1, v = torch.randn(9, 10), torch.rand(9, 10) + 0.1
+    mixed = torch.tensor([-1, 2, -1, 0, 1, -1, 3, -1, 0])
+    values = {}
+    for name, classes in (("mixed", mixed), ("unlabelled", torch.full((9,), -1)),
+                          ("labelled", mixed.clamp(min=0))):  # fmt: skip
+        torch.manual_seed(1)
+        values[name] = module.latent_kl(z1, z1, v, classes)
+    expected = torch.where(mixed < 0, values["unlabelled"], values["labelled"])
+    torch.testing.assert_close(values["mixed"], expected)
+    unlabelled, labelled, cells, ys = module._class_pairs(mixed)
+    assert cells.numel() == 4 * 4 + 5 and labelled.tolist() == [1, 3, 4, 6, 8]
+    assert ys[16:].tolist() == [2, 0, 1, 3, 0] and cells[16:].tolist() == labelled.tolist()
+
+
+@pytest.mark.parametrize("classes", [[-1] * 6, [0, 1, 2, 3, 0, 1], [-1, 0, -1, 1, 2, 3]])
+def test_latent_term_trains_whatever_the_label_mix(classes):
+    torch.manual_seed(0)
+    module = SCANVIModule(30, 4, n_labels=5, n_hidden=16).train()
+    z1 = torch.randn(6, 10, requires_grad=True)
+    kl = module.latent_kl(z1, z1, torch.full((6, 10), 0.5), torch.tensor(classes))
+    assert kl.shape == (6,) and torch.isfinite(kl).all()
+    kl.sum().backward()
+    assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
+    assert module.z1_decoder.mean.weight.grad.abs().sum() > 0
+
+
 def test_forward_and_log_joint_are_finite_and_differentiable():
     torch.manual_seed(0)
     module = SCANVIModule(30, 2, n_batch=2, n_labels=4, n_hidden=16)

@@ -38,3 +38,22 @@ def test_tiled_encoder_matches_repeated_rows():
     ys = torch.arange(3).repeat_interleave(7)
     for a, b in zip(enc(x, [ys], tile=3), enc(x.repeat(3, 1), [ys]), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_rows_stand_for_indexed_input(train):
+    """``rows``: any selection of input rows, repeated or left out, like ``x[rows]``."""
+    torch.manual_seed(2)
+    mlp = MLP(10, 32, n_layers=2, n_cats=[4], dropout_rate=0.0).train(train)
+    x = torch.randn(6, 10, requires_grad=True)
+    rows = torch.tensor([5, 0, 0, 3, 1, 5, 2, 2, 2])  # cell 4 left out, others repeated
+    ys = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    indexed = mlp(x, [ys], rows=rows)
+    gathered = mlp(x[rows], [ys])
+    torch.testing.assert_close(indexed, gathered)
+    (g_indexed,) = torch.autograd.grad(indexed.square().sum(), x)
+    (g_gathered,) = torch.autograd.grad(gathered.square().sum(), x)
+    torch.testing.assert_close(g_indexed, g_gathered)
+    assert g_indexed[4].abs().sum() == 0
+    with pytest.raises(ValueError, match="tile or rows"):
+        mlp(x, [ys], tile=2, rows=rows)

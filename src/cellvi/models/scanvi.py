@@ -155,39 +155,71 @@ class SCANVIModule(SCVIModule):
         return torch.softmax(self.class_logits(qz_m), dim=-1)
 
     # -- the label-dependent prior -------------------------------------------------------------
-    def _per_class_terms(self, z1: torch.Tensor, *, importance: bool = False) -> tuple[torch.Tensor, ...]:  # fmt: skip
-        """For every cell and class, at one draw ``z2 ~ q(z2 | z1, y)``: ``log p(z1 | z2, y)``
+    def _class_pairs(self, classes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The (cell, class) pairs the ELBO scores: every class for each unlabelled cell
+        (``classes < 0``), class-major (pair ``k * n_u + j`` is unlabelled cell ``j`` with class
+        ``k``), then each labelled cell with its own class only. Returns the unlabelled and the
+        labelled cells' indices and each pair's cell and class."""
+        unlabelled = torch.nonzero(classes < 0).squeeze(1)
+        labelled = torch.nonzero(classes >= 0).squeeze(1)
+        every = torch.arange(self.n_classes, device=classes.device)
+        cells = torch.cat([unlabelled.repeat(self.n_classes), labelled])
+        ys = torch.cat([every.repeat_interleave(unlabelled.numel()), classes[labelled]])
+        return unlabelled, labelled, cells, ys
+
+    def _pair_terms(self, z1: torch.Tensor, cells: torch.Tensor, ys: torch.Tensor, *, importance: bool = False) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """For each (cell, class) pair, at one draw ``z2 ~ q(z2 | z1, y)``: ``log p(z1 | z2, y)``
         and ``KL(q(z2 | z1, y) || p(z2))``, then with ``importance`` also ``log N(z2; 0, I)``
-        and ``log q(z2 | z1, y)``; each ``(n_cells, n_classes)``."""
-        n, c = z1.shape[0], self.n_classes
-        ys = torch.arange(c, device=z1.device).repeat_interleave(n)
+        and ``log q(z2 | z1, y)``; one value per pair.
+
+        The standard-normal draws behind ``z2`` are those of the whole ``(class, cell)`` grid,
+        picked per pair: a cell's draw for a class does not depend on which other pairs are
+        scored (whether the other cells are labelled)."""
+        n = z1.shape[0]
         z1f = z1.float()
-        m2, v2 = (t.float() for t in self.z2_encoder(z1f, [ys], tile=c))
-        eps = torch.randn_like(m2)
+        m2, v2 = (t.float() for t in self.z2_encoder(z1f, [ys], rows=cells))
+        eps = torch.randn(self.n_classes * n, m2.shape[1], device=m2.device)[ys * n + cells]
         z2 = m2 + v2.sqrt() * eps
         m1, v1 = (t.float() for t in self.z1_decoder(z2, [ys]))
-        terms = [log_normal(z1f.repeat(c, 1), m1, v1).sum(-1), _kl_standard_normal(m2, v2)]
+        terms = [log_normal(z1f[cells], m1, v1).sum(-1), _kl_standard_normal(m2, v2)]
         if importance:
             half_log_2pi = 0.5 * math.log(2 * math.pi)
             terms.append(-(0.5 * z2.square() + half_log_2pi).sum(-1))
             # log N(z2; m2, v2) at z2 = m2 + sqrt(v2) * eps
             terms.append(-(0.5 * (eps.square() + torch.log(v2)) + half_log_2pi).sum(-1))
+        return tuple(terms)
+
+    def _per_class_terms(self, z1: torch.Tensor, *, importance: bool = False) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """:meth:`_pair_terms` for every cell and class, each ``(n_cells, n_classes)``."""
+        n, c = z1.shape[0], self.n_classes
+        cells = torch.arange(n, device=z1.device).repeat(c)
+        ys = torch.arange(c, device=z1.device).repeat_interleave(n)
+        terms = self._pair_terms(z1, cells, ys, importance=importance)
         return tuple(t.view(c, n).T for t in terms)
 
     def latent_kl(self, z1, qz_m, qz_v, classes) -> torch.Tensor:
         """The latent part of the negative ELBO per cell, ``log q(z1|x) - log p(z1, y)`` in
         expectation: labelled cells (``classes >= 0``) take their class; unlabelled ones
-        average over ``q(y | z1)`` and pay ``KL(q(y | z1) || p(y))``."""
-        log_p_z1, kl_z2 = self._per_class_terms(z1)
-        per_class = kl_z2 - log_p_z1  # -E log p(z1 | z2, y) + KL(q(z2 | z1, y) || p(z2))
+        average over ``q(y | z1)`` and pay ``KL(q(y | z1) || p(y))``.
+
+        Only the (cell, class) pairs that enter it are scored (:meth:`_class_pairs`): a labelled
+        cell costs one pair, an unlabelled one a pair per class."""
+        unlabelled, labelled, cells, ys = self._class_pairs(classes)
+        log_p_z1, kl_z2 = self._pair_terms(z1, cells, ys)
+        per_pair = kl_z2 - log_p_z1  # -E log p(z1 | z2, y) + KL(q(z2 | z1, y) || p(z2))
         log_prior = self.log_label_prior.float()
-        log_q = torch.log_softmax(self.class_logits(z1), dim=-1)
+        # the classifier sees every cell (its batch norm statistics are the minibatch's)
+        log_q = torch.log_softmax(self.class_logits(z1), dim=-1)[unlabelled]
         q = log_q.exp()
-        unlabelled = (q * per_class).sum(-1) + (q * (log_q - log_prior)).sum(-1)
-        known = classes.clamp(min=0).unsqueeze(-1)
-        labelled = per_class.gather(1, known).squeeze(-1) - log_prior[known.squeeze(-1)]
+        n_pairs = unlabelled.numel() * self.n_classes
+        per_class = per_pair[:n_pairs].view(self.n_classes, unlabelled.numel()).T
+        value_unlabelled = (q * per_class).sum(-1) + (q * (log_q - log_prior)).sum(-1)
+        value_labelled = per_pair[n_pairs:] - log_prior[ys[n_pairs:]]
+        values = torch.cat([value_unlabelled, value_labelled])
+        order = torch.cat([unlabelled, labelled])
+        latent = values.new_empty(classes.shape[0]).index_copy(0, order, values)
         entropy = 0.5 * (math.log(2 * math.pi * math.e) + torch.log(qz_v)).sum(-1)
-        return torch.where(classes >= 0, labelled, unlabelled) - entropy
+        return latent - entropy
 
     def log_prior_z1(self, z1: torch.Tensor) -> torch.Tensor:
         """Importance-sampled ``log p(z1) = log sum_y p(y) E_q(z2|z1,y)[p(z1|z2,y) p(z2) /

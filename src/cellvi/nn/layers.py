@@ -132,13 +132,18 @@ class MLP(nn.Module):
         cont: torch.Tensor | None = None,
         *,
         tile: int = 1,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The last layer's output.
 
         ``tile > 1``: the input stands for ``tile`` stacked copies of ``x`` (row ``k * n + i``
         is row ``i`` of ``x``), each with its own covariates (``cats`` and ``cont`` have
         ``tile * n`` rows); the first layer's product is computed once per row of ``x``.
+        ``rows`` (integer indices into ``x``): the input stands for ``x[rows]``, in the same
+        way; ``tile=k`` is ``rows=torch.arange(n).repeat(k)``.
         """
+        if rows is not None and tile > 1:
+            raise ValueError("Give tile or rows, not both.")
         h = x
         for i, (linear, inject, norm) in enumerate(
             zip(self.linears, self.injections, self.norms, strict=True)
@@ -146,6 +151,8 @@ class MLP(nn.Module):
             h = linear(h)
             if i == 0 and tile > 1:
                 h = h.repeat(tile, 1)
+            elif i == 0 and rows is not None:
+                h = h.index_select(0, rows)
             if fused_hidden.applies(h, norm, self.dropout):
                 tables, codes = [], []
                 if isinstance(inject, CovariateInjection):
