@@ -1,4 +1,4 @@
-"""``tile``: a first-layer product computed once per row stands for stacked copies of the input."""
+"""``rows``: a first-layer product computed once per row stands for indexed copies of the input."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ def test_tiled_mlp_equals_repeated_input(train):
     mlp = MLP(10, 32, n_layers=2, n_cats=[4], dropout_rate=0.0).train(train)
     x = torch.randn(6, 10, requires_grad=True)
     ys = torch.arange(4).repeat_interleave(6)
-    tiled = mlp(x, [ys], tile=4)
+    tiled = mlp(x, [ys], rows=torch.arange(6).repeat(4))
     repeated = mlp(x.repeat(4, 1), [ys])
     torch.testing.assert_close(tiled, repeated)
     (g_tiled,) = torch.autograd.grad(tiled.square().sum(), x)
@@ -36,7 +36,9 @@ def test_tiled_encoder_matches_repeated_rows():
     enc = GaussianEncoder(8, 2, n_hidden=16, n_cats=[3]).eval()
     x = torch.randn(7, 8)
     ys = torch.arange(3).repeat_interleave(7)
-    for a, b in zip(enc(x, [ys], tile=3), enc(x.repeat(3, 1), [ys]), strict=True):
+    for a, b in zip(
+        enc(x, [ys], rows=torch.arange(7).repeat(3)), enc(x.repeat(3, 1), [ys]), strict=True
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -55,5 +57,3 @@ def test_rows_stand_for_indexed_input(train):
     (g_gathered,) = torch.autograd.grad(gathered.square().sum(), x)
     torch.testing.assert_close(g_indexed, g_gathered)
     assert g_indexed[4].abs().sum() == 0
-    with pytest.raises(ValueError, match="tile or rows"):
-        mlp(x, [ys], tile=2, rows=rows)

@@ -61,11 +61,10 @@ class GaussianEncoder(nn.Module):
         cats: Sequence[torch.Tensor] = (),
         cont: torch.Tensor | None = None,
         *,
-        tile: int = 1,
         rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance (``tile``, ``rows``: as in :meth:`MLP.forward`)."""
-        h = self.body(x, cats, cont, tile=tile, rows=rows)
+        """Posterior mean and variance (``rows``: as in :meth:`MLP.forward`)."""
+        h = self.body(x, cats, cont, rows=rows)
         with without_autocast(h):  # n_hidden -> n_latent: too small to gain from low precision
             # both heads in one product: half the (narrow, overhead-bound) matrix products
             weight = torch.cat([self.mean.weight, self.log_var.weight])

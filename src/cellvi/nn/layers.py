@@ -131,27 +131,20 @@ class MLP(nn.Module):
         cats: Sequence[torch.Tensor] = (),
         cont: torch.Tensor | None = None,
         *,
-        tile: int = 1,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The last layer's output.
 
-        ``tile > 1``: the input stands for ``tile`` stacked copies of ``x`` (row ``k * n + i``
-        is row ``i`` of ``x``), each with its own covariates (``cats`` and ``cont`` have
-        ``tile * n`` rows); the first layer's product is computed once per row of ``x``.
-        ``rows`` (integer indices into ``x``): the input stands for ``x[rows]``, in the same
-        way; ``tile=k`` is ``rows=torch.arange(n).repeat(k)``.
+        ``rows`` (integer indices into ``x``): the input stands for ``x[rows]``, each row with
+        its own covariates (``cats`` and ``cont`` have ``len(rows)`` rows); the first layer's
+        product is computed once per row of ``x``.
         """
-        if rows is not None and tile > 1:
-            raise ValueError("Give tile or rows, not both.")
         h = x
         for i, (linear, inject, norm) in enumerate(
             zip(self.linears, self.injections, self.norms, strict=True)
         ):
             h = linear(h)
-            if i == 0 and tile > 1:
-                h = h.repeat(tile, 1)
-            elif i == 0 and rows is not None:
+            if i == 0 and rows is not None:
                 h = h.index_select(0, rows)
             if fused_hidden.applies(h, norm, self.dropout):
                 tables, codes = [], []
