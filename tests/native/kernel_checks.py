@@ -16,6 +16,8 @@ from cellvi.data import loader
 from cellvi.distributions import _native_likelihood as native
 from cellvi.distributions._likelihood import nb_log_likelihood, zinb_log_likelihood
 from cellvi.distributions._mixture_likelihood import nb_mixture_log_likelihood
+from cellvi.models import _scanvi_pairs
+from cellvi.models.scanvi import SCANVIModule
 from cellvi.nn import dropout as dropout_module
 from cellvi.nn import fused_hidden
 from cellvi.nn.dropout import Dropout
@@ -447,9 +449,80 @@ def check_gather():
                      out_indptr.data_ptr()) == -1  # fmt: skip
 
 
+# ------------------------------------------------------------------------------ scANVI pairs
+def _scanvi_pairs_reference(w, z1, cells, ys, eps, keep, scale, stats):
+    """float64 formulas: both networks, the draw, the two per-pair terms (autograd leaves
+    ``w``: 9 weights per network, as ``_scanvi_pairs._weights`` orders them)."""
+
+    def network(x, weights, mask, running):
+        w1, b1, table, gamma, beta, wm, bm, wv, bv = weights
+        v = x @ w1.T + b1 + table[ys]
+        mean, var = v.mean(0), v.var(0, unbiased=False)
+        running.append((mean.detach(), v.var(0).detach()))
+        y = gamma * (v - mean) / torch.sqrt(var + 1e-3) + beta
+        h = torch.relu(y) * mask
+        return h @ wm.T + bm, torch.exp(h @ wv.T + bv) + 1e-4
+
+    m2, s2e = network(z1[cells], w[:9], keep.double() * scale, stats)
+    z2 = m2 + s2e.sqrt() * eps
+    kl = 0.5 * (s2e + m2.square() - 1 - s2e.log()).sum(-1)
+    m1, s2d = network(z2, w[9:], 1.0, stats)
+    log_p = -0.5 * (np.log(2 * np.pi) + s2d.log() + (z1[cells] - m1).square() / s2d).sum(-1)
+    return log_p, kl
+
+
+def check_scanvi_pairs():
+    # widths off the kernel's tiles (hidden 40, latent 6) and a batch of rows off its blocks
+    torch.manual_seed(3)
+    module = SCANVIModule(20, unlabeled_code=5, n_labels=6, n_hidden=40, n_latent=6).train()
+    for norm in (module.z2_encoder.body.norms[0], module.z1_decoder.body.norms[0]):
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2)
+    n, classes = 37, torch.full((37,), -1)
+    classes[:6] = torch.tensor([0, 1, 2, 3, 4, 2])
+    _, _, cells, ys = module._class_pairs(classes)
+    z1 = (torch.randn(n, 6) * 1.5).requires_grad_()
+    encoders = (module.z2_encoder, module.z1_decoder)
+    assert _scanvi_pairs.applies(*encoders, z1, cells.numel())
+    weights = [*_scanvi_pairs._weights(encoders[0]), *_scanvi_pairs._weights(encoders[1])]
+    running0 = [(nm.running_mean.clone(), nm.running_var.clone()) for nm in
+                (encoders[0].body.norms[0], encoders[1].body.norms[0])]  # fmt: skip
+    upstream = torch.randn(2, cells.numel())
+
+    def draw():
+        return torch.randn(5 * n, 6)[ys * n + cells]
+
+    torch.manual_seed(11)
+    log_p, kl = _scanvi_pairs.pair_terms(*encoders, z1, cells, ys, draw)
+    grads = torch.autograd.grad((log_p * upstream[0]).sum() + (kl * upstream[1]).sum(), [z1, *weights])  # fmt: skip
+    # the generator's draws replayed: the first network's dropout seed, the normal draws, the
+    # second network's seed; the mask from _hidden_kernel.c's hash
+    torch.manual_seed(11)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    eps = draw().double()
+    dropout = encoders[0].body.dropout
+    keep = hidden_mask_replay(cells.numel(), 40, seed, dropout.keep_threshold)
+    leaves = [t.detach().double().requires_grad_() for t in (z1, *weights)]
+    stats = []
+    ref_log_p, ref_kl = _scanvi_pairs_reference(leaves[1:], leaves[0], cells, ys, eps, keep, dropout.scale, stats)  # fmt: skip
+    close(log_p, ref_log_p.detach(), "scANVI pairs log p(z1 | z2, y)", rtol=1e-5)
+    close(kl, ref_kl.detach(), "scANVI pairs KL(q(z2) || p(z2))", rtol=1e-5)
+    want = torch.autograd.grad((ref_log_p * upstream[0].double()).sum() + (ref_kl * upstream[1].double()).sum(), leaves)  # fmt: skip
+    names = ["z1", *(f"{net} {w}" for net in ("q(z2)", "p(z1)") for w in _scanvi_pairs._WEIGHTS)]
+    for name, g, w in zip(names, grads, want, strict=True):
+        close(g, w, f"scANVI pairs d {name}", rtol=1e-4)
+    for norm, (mean0, var0), (mean, var) in zip((e.body.norms[0] for e in encoders), running0, stats, strict=True):  # fmt: skip
+        close(norm.running_mean, 0.99 * mean0.double() + 0.01 * mean, "running mean", rtol=1e-5)
+        close(norm.running_var, 0.99 * var0.double() + 0.01 * var, "running var", rtol=1e-5)
+        assert int(norm.num_batches_tracked) == 1
+
+
 CHECKS = {
     "nb_likelihood": (check_nb, check_mixture),
     "hidden_layer": (check_hidden,),
     "dropout": (check_dropout,),
     "gather": (check_gather,),
+    "scanvi_pairs": (check_scanvi_pairs,),
 }

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MLP, GaussianEncoder
+from . import _scanvi_pairs
 from .scvi import LossTerms, SCVIModule, _kl_normal, _kl_standard_normal, _nonzeros, log_normal
 
 LABEL_PRIORS = ("uniform", "frequency")
@@ -178,8 +179,16 @@ class SCANVIModule(SCVIModule):
         scored (whether the other cells are labelled)."""
         n = z1.shape[0]
         z1f = z1.float()
+
+        def draw() -> torch.Tensor:
+            return torch.randn(self.n_classes * n, z1.shape[1], device=z1.device)[ys * n + cells]
+
+        if not importance and _scanvi_pairs.applies(self.z2_encoder, self.z1_decoder, z1f, cells.numel()):  # fmt: skip
+            # the same values, without the networks' per-operation passes over memory
+            log_p_z1, kl_z2 = _scanvi_pairs.pair_terms(self.z2_encoder, self.z1_decoder, z1f, cells, ys, draw)  # fmt: skip
+            return log_p_z1, kl_z2
         m2, v2 = (t.float() for t in self.z2_encoder(z1f, [ys], rows=cells))
-        eps = torch.randn(self.n_classes * n, m2.shape[1], device=m2.device)[ys * n + cells]
+        eps = draw()
         z2 = m2 + v2.sqrt() * eps
         m1, v1 = (t.float() for t in self.z1_decoder(z2, [ys]))
         terms = [log_normal(z1f[cells], m1, v1).sum(-1), _kl_standard_normal(m2, v2)]

@@ -50,6 +50,7 @@ KERNELS = {
     "hidden_layer": _PACKAGE / "nn" / "_hidden_kernel.c",
     "dropout": _PACKAGE / "nn" / "_dropout_kernel.c",
     "gather": _PACKAGE / "data" / "_gather_kernel.c",
+    "scanvi_pairs": _PACKAGE / "models" / "_scanvi_pairs_kernel.c",
 }
 
 _MATH = ("-O3", "-fno-math-errno", "-fno-trapping-math")
