@@ -3,10 +3,12 @@
 In training, scANVI's latent term runs two small Gaussian networks (``q(z2 | z1, y)`` and
 ``p(z1 | z2, y)``, one hidden layer each) on every scored (cell, class) pair, with a
 reparameterised draw of ``z2`` between them. Written with torch modules that is about thirty
-operations per step, most of them full passes over a ``pairs x n_hidden`` matrix in memory,
-forward and backward. The kernel keeps each pair's hidden vector in cache and recomputes it
-where it is needed, and returns the two per-pair terms :meth:`SCANVIModule._pair_terms` gives:
-``log p(z1 | z2, y)`` and ``KL(q(z2 | z1, y) || p(z2))``.
+operations per step, each a pass over a ``pairs x n_hidden`` matrix with its own dispatch,
+and thin matrix products (inner width ``n_latent``) that run far below the machine's speed.
+The kernel does one pass per network forward (after the batch statistics) and two backward,
+its products in small register tiles, keeping each network's normalised and hidden matrices
+for the backward pass, and returns the two per-pair terms :meth:`SCANVIModule._pair_terms`
+gives: ``log p(z1 | z2, y)`` and ``KL(q(z2 | z1, y) || p(z2))``.
 
 It draws from torch's generator exactly what the module path with the fused hidden-layer kernel
 (:mod:`cellvi.nn.fused_hidden`) draws, in the same order (the first network's dropout seed, the
@@ -16,8 +18,8 @@ paths give the same values up to float rounding.
 Used in training mode for float32 CPU tensors when :attr:`cellvi.settings.native_kernels` is on
 and the kernel could be built, for networks of one hidden layer with batch normalisation and
 without hooks, up to :data:`cellvi.nn.fused_hidden.SERIAL_ENTRIES` entries of the hidden matrix
-(the kernel runs on one thread; above that size the module path's multi-threaded operations
-win). Everything else runs the module path.
+(the kernel runs on one thread; that limit is the hidden-layer kernel's, measured there, not
+for this kernel). Everything else runs the module path.
 """
 
 from __future__ import annotations
@@ -67,17 +69,21 @@ def _parts(encoder: GaussianEncoder) -> tuple[nn.Module, ...]:
     return body.linears[0], body.injections[0].categorical[0], body.norms[0], body.dropout
 
 
-def _shape_fits(encoder: GaussianEncoder) -> bool:
-    """Whether the network is built as the kernel computes it: one hidden layer, the class as
-    its only covariate (an embedding), batch normalisation with affine parameters."""
+def _has_one_layer_and_covariate(encoder: GaussianEncoder) -> bool:
+    """One hidden layer, one categorical covariate (what :func:`_parts` reads)."""
     body = encoder.body
-    if len(body.linears) != 1:
-        return False
+    inject = body.injections[0]
+    return len(body.linears) == 1 and isinstance(inject, CovariateInjection) and len(inject.categorical) == 1  # fmt: skip
+
+
+def _shape_fits(encoder: GaussianEncoder) -> bool:
+    """Whether a network of one layer and one covariate is built as the kernel computes it:
+    the class as an embedding, no continuous covariate, batch normalisation with affine
+    parameters, the project's dropout or none."""
+    body = encoder.body
     inject, norm, dropout = body.injections[0], body.norms[0], body.dropout
     return (
-        isinstance(inject, CovariateInjection)
-        and len(inject.categorical) == 1
-        and isinstance(inject.categorical[0], nn.Embedding)
+        isinstance(inject.categorical[0], nn.Embedding)
         and inject.continuous is None
         and type(norm) is nn.BatchNorm1d
         and norm.affine
@@ -92,9 +98,7 @@ _SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fusable(encoder: GaussianEncoder) -> bool:
-    body = encoder.body
-    inject = body.injections[0]
-    if len(body.linears) != 1 or not (isinstance(inject, CovariateInjection) and len(inject.categorical) == 1):  # fmt: skip
+    if not _has_one_layer_and_covariate(encoder):
         return False
     parts = _parts(encoder)
     known = _SHAPES.get(encoder)

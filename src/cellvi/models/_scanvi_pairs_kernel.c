@@ -26,7 +26,7 @@
  * unfused kernel path draws for the same generator state.
  *
  * One thread, rows in order: results do not depend on the machine's thread count. cellvi uses
- * it up to the size where one thread beats the parallel path (cellvi/models/_scanvi_pairs.py).
+ * it up to the fused hidden-layer kernel's one-thread limit (cellvi/models/_scanvi_pairs.py).
  */
 #include <math.h>
 #include <stdint.h>
@@ -102,7 +102,7 @@ static int net_open(net *nt, const net_args *a, int64_t L, int64_t H, int grads)
     return 1;
 }
 
-/* Writes the accumulated gradients back in the caller's layouts, and frees. */
+/* Writes the accumulated gradients (if any) back in the caller's layouts, and frees. */
 static void net_close(net *nt, int64_t L, int64_t H) {
     const net_args *a = nt->a;
     if (nt->g_w1t) {
@@ -114,6 +114,15 @@ static void net_close(net *nt, int64_t L, int64_t H) {
         memcpy(a->g_bv, nt->g_b2 + L, (size_t)L * sizeof(float));
     }
     free(nt->w1t);
+}
+
+/* Both networks opened (net_open), or neither: returns 0 when memory ran out. */
+static int nets_open(net *enc, net *dec, const net_args *enc_args, const net_args *dec_args,
+                     int64_t L, int64_t H, int grads) {
+    if (!net_open(enc, enc_args, L, H, grads)) return 0;
+    if (net_open(dec, dec_args, L, H, grads)) return 1;
+    free(enc->w1t);
+    return 0;
 }
 
 /* lowbias32 (C. Wellons), as in _hidden_kernel.c */
@@ -389,12 +398,7 @@ int cellvi_scanvi_pairs_forward(int64_t P, int64_t n_cells, int64_t L, int64_t H
     const int64_t Op = pad(O);
     double *s1 = malloc((size_t)H * 2 * sizeof(double) + (size_t)(P * Op) * sizeof(float));
     if (!s1) return 2;
-    if (!net_open(&enc, enc_args, L, H, 0)) {
-        free(s1);
-        return 2;
-    }
-    if (!net_open(&dec, dec_args, L, H, 0)) {
-        net_close(&enc, L, H);
+    if (!nets_open(&enc, &dec, enc_args, dec_args, L, H, 0)) {
         free(s1);
         return 2;
     }
@@ -539,12 +543,7 @@ int cellvi_scanvi_pairs_backward(int64_t P, int64_t n_cells, int64_t L, int64_t 
     double *buf = malloc((size_t)H * 2 * sizeof(double) + floats * sizeof(float));
     if (!buf) return 2;
     net enc, dec;
-    if (!net_open(&enc, enc_args, L, H, 1)) {
-        free(buf);
-        return 2;
-    }
-    if (!net_open(&dec, dec_args, L, H, 1)) {
-        net_close(&enc, L, H);
+    if (!nets_open(&enc, &dec, enc_args, dec_args, L, H, 1)) {
         free(buf);
         return 2;
     }

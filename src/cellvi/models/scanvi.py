@@ -185,8 +185,7 @@ class SCANVIModule(SCVIModule):
 
         if not importance and _scanvi_pairs.applies(self.z2_encoder, self.z1_decoder, z1f, cells.numel()):  # fmt: skip
             # the same values, without the networks' per-operation passes over memory
-            log_p_z1, kl_z2 = _scanvi_pairs.pair_terms(self.z2_encoder, self.z1_decoder, z1f, cells, ys, draw)  # fmt: skip
-            return log_p_z1, kl_z2
+            return _scanvi_pairs.pair_terms(self.z2_encoder, self.z1_decoder, z1f, cells, ys, draw)  # fmt: skip
         m2, v2 = (t.float() for t in self.z2_encoder(z1f, [ys], rows=cells))
         eps = draw()
         z2 = m2 + v2.sqrt() * eps
