@@ -56,7 +56,6 @@ _NET = ctypes.POINTER(_Net)
 _FORWARD_ARGS = (_I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P, _NET, _NET, _F, _F,
                  _P, _P, _P, _P, _P, _P, _P)  # fmt: skip
 _BACKWARD_ARGS = (_I64, _I64, _I64, _I64, _I64, *(_P,) * 11, _NET, _NET, _P)
-_MASK64 = 2**64 - 1
 
 
 def _function(name: str, argtypes: tuple):
@@ -133,11 +132,6 @@ def applies(z2_encoder: GaussianEncoder, z1_decoder: GaussianEncoder, z1: torch.
         and z1_decoder.body.linears[0].out_features == hidden
         and _function("cellvi_scanvi_pairs_forward", _FORWARD_ARGS) is not None
     )
-
-
-def _seed() -> int:
-    """One draw from torch's default generator, as :mod:`cellvi.nn.fused_hidden` takes it."""
-    return int(torch.empty((), dtype=torch.int64).random_()) & _MASK64
 
 
 def _weights(encoder: GaussianEncoder) -> list[torch.Tensor]:
@@ -257,9 +251,9 @@ def pair_terms(
         first network's dropout seed is drawn and before the second's, as the module path
         draws them.
     """
-    enc = _Setting(z2_encoder, _seed())
+    enc = _Setting(z2_encoder, fused_hidden.draw_seed())
     eps = draw().float().contiguous()
-    dec = _Setting(z1_decoder, _seed())
+    dec = _Setting(z1_decoder, fused_hidden.draw_seed())
     return _PairTerms.apply(
         z1, eps, cells.long().contiguous(), ys.long().contiguous(), enc, dec,
         *_weights(z2_encoder), *_weights(z1_decoder),

@@ -58,6 +58,11 @@ def _offsets(sizes: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor([0, *sizes], dtype=torch.long).cumsum(0)
 
 
+def draw_seed() -> int:
+    """One draw from torch's default generator, as a kernel's 64-bit dropout seed."""
+    return int(torch.empty((), dtype=torch.int64).random_()) & _MASK64
+
+
 def _function(name: str, argtypes: tuple, restype=None):
     return enabled_kernel_function(_SOURCE, name, argtypes, restype)
 
@@ -109,14 +114,14 @@ class _HiddenStep(torch.autograd.Function):
         out = torch.empty_like(a)
         xhat, keep = torch.empty_like(a), torch.empty_like(a)
         invstd = torch.empty(d)
-        seed = int(torch.empty((), dtype=torch.int64).random_())  # torch's default generator
+        seed = draw_seed()
         tracked = norm.running_mean is not None
         status = _function("cellvi_hidden_forward", _FORWARD_ARGS, ctypes.c_int)(
             n, d, a.data_ptr(), codes.shape[1], _ptr(codes), offsets.data_ptr(), _ptr(table),
             weight.data_ptr(), bias.data_ptr(),
             norm.running_mean.data_ptr() if tracked else None,
             norm.running_var.data_ptr() if tracked else None,
-            norm.momentum, norm.eps, seed & _MASK64, threshold, scale,
+            norm.momentum, norm.eps, seed, threshold, scale,
             out.data_ptr(), xhat.data_ptr(), keep.data_ptr(), invstd.data_ptr(), _threads(n * d),
         )  # fmt: skip
         if status == 2:
