@@ -90,7 +90,15 @@ def test_training_scanvi_goes_through_the_kernel(monkeypatch):
 
 @pytest.mark.parametrize(
     "change",
-    ["eval", "layer norm", "two layers", "hook", "too many pairs", "kernels off", "dropout off"],
+    [
+        "eval",
+        "layer norm",
+        "two layers",
+        "hook",
+        "too many pairs for the threads",
+        "kernels off",
+        "dropout off",
+    ],
 )
 def test_module_path_where_the_kernel_does_not_apply(change, monkeypatch):
     kwargs = {"layer norm": {"use_batch_norm": "none", "use_layer_norm": "both"},
@@ -102,8 +110,9 @@ def test_module_path_where_the_kernel_does_not_apply(change, monkeypatch):
         module.eval()
     elif change == "hook":
         module.z1_decoder.body.norms[0].register_forward_hook(lambda *a: None)
-    elif change == "too many pairs":
+    elif change == "too many pairs for the threads":
         monkeypatch.setattr(fused_hidden, "SERIAL_ENTRIES", cells.numel() * 128 - 1)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: _scanvi_pairs.MAX_CHUNKS + 1)
     elif change == "kernels off":
         monkeypatch.setattr(cv.settings, "_native_kernels", False)
     elif change == "dropout off":
@@ -146,3 +155,36 @@ def test_nan_in_z1_gives_nan_terms_not_a_crash():
     z1[12, 3] = float("nan")
     log_p, kl = module._pair_terms(z1, cells, ys)
     assert torch.isnan(log_p).any() and torch.isnan(kl).any()
+
+
+@pytest.mark.parametrize("n_cells", [40, 3])
+def test_results_do_not_depend_on_the_thread_count(n_cells, monkeypatch):
+    # 133 pairs: the kernel's eight chunks of rows; 6 pairs: one chunk, shorter than a block
+    module = _module()
+    cells, ys = _pairs(module, n=n_cells, n_labelled=min(9, n_cells - 1))
+    z1 = torch.randn(n_cells, 10) * 1.5
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(_scanvi_pairs, "_threads", lambda *args, t=threads: t)
+        runs.append(_run(module, z1, cells, ys, fused=True, monkeypatch=monkeypatch))
+    first = runs[0]
+    for other in runs[1:]:
+        for mine, theirs in zip(first[:3], other[:3], strict=True):
+            assert torch.equal(mine, theirs)
+        for part in (3, 4):
+            for name, value in first[part].items():
+                assert torch.equal(value, other[part][name]), name
+
+
+def test_many_pairs_take_the_kernel_when_its_chunks_cover_the_threads(monkeypatch):
+    module = _module()
+    cells, _ = _pairs(module)
+    z1 = torch.randn(40, 10)
+    monkeypatch.setattr(fused_hidden, "SERIAL_ENTRIES", cells.numel() * 128 - 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: _scanvi_pairs.MAX_CHUNKS)
+    assert _scanvi_pairs.applies(module.z2_encoder, module.z1_decoder, z1, cells.numel())
+
+
+def test_max_chunks_is_the_kernels():
+    source = _scanvi_pairs._SOURCE.read_text()
+    assert f"#define NCH {_scanvi_pairs.MAX_CHUNKS} " in source

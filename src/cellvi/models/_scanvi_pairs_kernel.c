@@ -25,8 +25,10 @@
  * column j from the same seed (the same hash), so the fused networks draw the masks the
  * unfused kernel path draws for the same generator state.
  *
- * One thread, rows in order: results do not depend on the machine's thread count. cellvi uses
- * it up to the fused hidden-layer kernel's one-thread limit (cellvi/models/_scanvi_pairs.py).
+ * Threads: the rows are cut into at most NCH chunks of whole RB-row blocks, a cut that depends
+ * on P alone; each chunk sums its own batch statistics and weight gradients, and the chunks'
+ * sums are added in chunk order, the (cell, class) pairs' gradients at z1 in pair order. The
+ * results are the same bit for bit for any number of threads, and without OpenMP.
  */
 #include <math.h>
 #include <stdint.h>
@@ -68,6 +70,26 @@ typedef struct {
 
 #define VEC 16 /* floats per tile column block (one AVX-512 register) */
 static inline int64_t pad(int64_t n) { return (n + VEC - 1) / VEC * VEC; }
+
+/* Rows per block in the backward pass: the outer products of a block's rows go into the weight
+ * gradients together, so each gradient row is loaded and stored once per block. */
+#define RB 16
+#define NCH 8 /* chunks of rows at most (see the top) */
+
+/* The rows' chunks: chunk c is rows start[c] <= p < start[c + 1], whole blocks of RB rows. */
+typedef struct {
+    int64_t n;
+    int64_t start[NCH + 1];
+} chunks;
+
+static void chunks_of(chunks *ch, int64_t P) {
+    const int64_t blocks = (P + RB - 1) / RB;
+    ch->n = blocks < NCH ? blocks : NCH;
+    for (int64_t c = 0; c <= ch->n; c++) {
+        const int64_t row = blocks * c / ch->n * RB;
+        ch->start[c] = row < P ? row : P;
+    }
+}
 
 static int net_open(net *nt, const net_args *a, int64_t L, int64_t H, int grads) {
     const int64_t O = 2 * L;
@@ -314,30 +336,41 @@ static inline const float *input_row(const float *x, const int64_t *rows, int64_
 }
 
 /* One network's hidden layer over the P rows: v into h (kept), its batch statistics (shifted
- * by the first row's v, summed in double) into mean and invstd, the running statistics moved
- * as torch.nn.BatchNorm1d's (biased variance to normalise, unbiased to track); then in place
- * h = relu(gamma xhat + beta) * keep, and xhat. s1, s2: H doubles of scratch. */
+ * by the first row's v, summed in double, per chunk) into mean and invstd, the running
+ * statistics moved as torch.nn.BatchNorm1d's (biased variance to normalise, unbiased to
+ * track); then in place h = relu(gamma xhat + beta) * keep, and xhat. s: 2 H doubles of
+ * scratch per chunk. */
 static void hidden_layer(const net *nt, int64_t P, int64_t L, int64_t H, const float *x,
                          const int64_t *rows, const int64_t *ys, float momentum, float eps,
-                         double *restrict s1, double *restrict s2) {
+                         const chunks *ch, double *restrict s, int n_threads) {
     const net_args *a = nt->a;
     float *restrict hs = a->h, *restrict xs = a->xhat;
-    for (int64_t j = 0; j < H; j++) s1[j] = s2[j] = 0.0;
-    for (int64_t p = 0; p < P; p++) {
-        float *restrict v = hs + p * H;
-        const float *restrict shift = hs;
-        pre_activation(nt, input_row(x, rows, p, L), ys[p], L, H, v);
+    const float *restrict shift = hs; /* row 0's v, computed first */
+    pre_activation(nt, input_row(x, rows, 0, L), ys[0], L, H, hs);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < ch->n; c++) {
+        double *restrict s1 = s + 2 * H * c, *restrict s2 = s1 + H;
+        for (int64_t j = 0; j < H; j++) s1[j] = s2[j] = 0.0;
+        for (int64_t p = c ? ch->start[c] : 1; p < ch->start[c + 1]; p++) {
+            float *restrict v = hs + p * H;
+            pre_activation(nt, input_row(x, rows, p, L), ys[p], L, H, v);
 #pragma omp simd
-        for (int64_t j = 0; j < H; j++) {
-            const double d = (double)(v[j] - shift[j]);
-            s1[j] += d;
-            s2[j] += d * d;
+            for (int64_t j = 0; j < H; j++) {
+                const double d = (double)(v[j] - shift[j]);
+                s1[j] += d;
+                s2[j] += d * d;
+            }
         }
     }
     float *restrict mean = a->mean, *restrict inv = a->invstd;
     for (int64_t j = 0; j < H; j++) {
-        const double m = s1[j] / P;
-        double var = s2[j] / P - m * m;
+        double sum1 = 0.0, sum2 = 0.0;
+        for (int64_t c = 0; c < ch->n; c++) {
+            sum1 += s[2 * H * c + j];
+            sum2 += s[2 * H * c + H + j];
+        }
+        const double m = sum1 / P;
+        double var = sum2 / P - m * m;
         if (var < 0.0) var = 0.0; /* (rounding); NaN stays NaN */
         mean[j] = (float)(hs[j] + m);
         inv[j] = (float)(1.0 / sqrt(var + eps));
@@ -349,6 +382,7 @@ static void hidden_layer(const net *nt, int64_t P, int64_t L, int64_t H, const f
     const float *restrict g = a->gamma, *restrict be = a->beta;
     const uint32_t threshold = a->threshold;
     const float scale = a->scale;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t p = 0; p < P; p++) {
         float *restrict h = hs + p * H, *restrict xh = xs + p * H;
         if (threshold) {
@@ -380,6 +414,15 @@ static int codes_valid(int64_t P, int64_t n_cells, int64_t K, const int64_t *cel
     return 1;
 }
 
+/* The output rows of one network over chunk c: o = W2 h + b2 (Op floats per row). */
+static void heads(const net *nt, const chunks *ch, int64_t c, int64_t H, int64_t O, int64_t Op,
+                  float *restrict o) {
+    const int64_t p0 = ch->start[c], R = ch->start[c + 1] - p0;
+    rows_times(nt->a->h + p0 * H, nt->w2t, R, H, Op, o + p0 * Op);
+    for (int64_t p = p0; p < p0 + R; p++)
+        for (int64_t q = 0; q < O; q++) o[p * Op + q] += nt->b2[q];
+}
+
 /* Forward pass. z1: n_cells x L; cells, ys: P; eps: P x L standard-normal draws. Outputs:
  * z2, m2, s2e (q(z2 | z1, y)'s mean and variance), m1, s2d (p(z1 | z2, y)'s): P x L each;
  * log_p, kl: P each; each network's mean, invstd, xhat and h (and running statistics).
@@ -391,145 +434,206 @@ int cellvi_scanvi_pairs_forward(int64_t P, int64_t n_cells, int64_t L, int64_t H
                                 const net_args *enc_args, const net_args *dec_args,
                                 float momentum, float bn_eps, float *restrict z2,
                                 float *restrict m2, float *restrict s2e, float *restrict m1,
-                                float *restrict s2d, float *restrict log_p, float *restrict kl) {
+                                float *restrict s2d, float *restrict log_p, float *restrict kl,
+                                int n_threads) {
     if (!codes_valid(P, n_cells, K, cells, ys)) return 1;
+    if (n_threads < 1) n_threads = 1;
     const int64_t O = 2 * L;
-    net enc, dec;
     const int64_t Op = pad(O);
-    double *s1 = malloc((size_t)H * 2 * sizeof(double) + (size_t)(P * Op) * sizeof(float));
-    if (!s1) return 2;
+    chunks ch;
+    chunks_of(&ch, P);
+    net enc, dec;
+    double *s = malloc((size_t)(2 * H * ch.n) * sizeof(double) + (size_t)(P * Op) * sizeof(float));
+    if (!s) return 2;
     if (!nets_open(&enc, &dec, enc_args, dec_args, L, H, 0)) {
-        free(s1);
+        free(s);
         return 2;
     }
-    double *s2 = s1 + H;
-    float *o = (float *)(s2 + H);
+    float *o = (float *)(s + 2 * H * ch.n);
     /* q(z2 | z1, y), then the draw */
-    hidden_layer(&enc, P, L, H, z1, cells, ys, momentum, bn_eps, s1, s2);
-    rows_times(enc_args->h, enc.w2t, P, H, Op, o);
-    for (int64_t p = 0; p < P; p++, o += Op) {
-        for (int64_t q = 0; q < O; q++) o[q] += enc.b2[q];
-        double acc = 0.0;
-        for (int64_t l = 0; l < L; l++) {
-            const float m = o[l], var = expf(o[L + l]) + VAR_EPS;
-            m2[p * L + l] = m;
-            s2e[p * L + l] = var;
-            z2[p * L + l] = m + sqrtf(var) * eps[p * L + l];
-            acc += var + m * m - 1.0f - logf(var);
+    hidden_layer(&enc, P, L, H, z1, cells, ys, momentum, bn_eps, &ch, s, n_threads);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < ch.n; c++) {
+        heads(&enc, &ch, c, H, O, Op, o);
+        for (int64_t p = ch.start[c]; p < ch.start[c + 1]; p++) {
+            const float *restrict op = o + p * Op;
+            double acc = 0.0;
+            for (int64_t l = 0; l < L; l++) {
+                const float m = op[l], var = expf(op[L + l]) + VAR_EPS;
+                m2[p * L + l] = m;
+                s2e[p * L + l] = var;
+                z2[p * L + l] = m + sqrtf(var) * eps[p * L + l];
+                acc += var + m * m - 1.0f - logf(var);
+            }
+            kl[p] = (float)(0.5 * acc);
         }
-        kl[p] = (float)(0.5 * acc);
     }
     /* p(z1 | z2, y) */
-    hidden_layer(&dec, P, L, H, z2, NULL, ys, momentum, bn_eps, s1, s2);
-    o = (float *)(s2 + H);
-    rows_times(dec_args->h, dec.w2t, P, H, Op, o);
-    for (int64_t p = 0; p < P; p++, o += Op) {
-        const float *restrict target = z1 + cells[p] * L;
-        for (int64_t q = 0; q < O; q++) o[q] += dec.b2[q];
-        double acc = 0.0;
-        for (int64_t l = 0; l < L; l++) {
-            const float m = o[l], var = expf(o[L + l]) + VAR_EPS;
-            const float d = target[l] - m;
-            m1[p * L + l] = m;
-            s2d[p * L + l] = var;
-            acc -= HALF_LOG_2PI + 0.5f * logf(var) + 0.5f * d * d / var;
+    hidden_layer(&dec, P, L, H, z2, NULL, ys, momentum, bn_eps, &ch, s, n_threads);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < ch.n; c++) {
+        heads(&dec, &ch, c, H, O, Op, o);
+        for (int64_t p = ch.start[c]; p < ch.start[c + 1]; p++) {
+            const float *restrict op = o + p * Op;
+            const float *restrict target = z1 + cells[p] * L;
+            double acc = 0.0;
+            for (int64_t l = 0; l < L; l++) {
+                const float m = op[l], var = expf(op[L + l]) + VAR_EPS;
+                const float d = target[l] - m;
+                m1[p * L + l] = m;
+                s2d[p * L + l] = var;
+                acc -= HALF_LOG_2PI + 0.5f * logf(var) + 0.5f * d * d / var;
+            }
+            log_p[p] = (float)acc;
         }
-        log_p[p] = (float)acc;
     }
     net_close(&enc, L, H);
     net_close(&dec, L, H);
-    free(s1);
+    free(s);
     return 0;
 }
 
-/* Rows per block in the backward pass: the outer products of a block's rows go into the weight
- * gradients together, so each gradient row is loaded and stored once per block. */
-#define RB 16
+/* One chunk's share of the backward pass: its sums of the gradients, and its scratch. */
+typedef struct {
+    double *sg, *sgx;                         /* H each: batch norm's column sums */
+    float *g_b2, *g_w2, *g_table, *g_b1, *g_w1t;  /* 2L, 2L x H, K x H, H, L x H */
+    float *gh, *gas, *xs, *dxs;               /* MR x H, RB x H, RB x L, RB x pad(L) */
+} chunk_sums;
 
-/* Backward through one network, from go (P x 2L: the gradient at its outputs m and log s2):
- * the parameter gradients (accumulated), and the input gradient W1^T dv into gx: row rows[p]
- * accumulated when rows is given, else row p written. gy: P x H floats of scratch; buf: H
- * doubles twice, then (3 + MR + RB) x H + RB x (L + pad(L)) floats. */
-static void net_backward(net *nt, int64_t P, int64_t L, int64_t H, const float *x,
-                         const int64_t *rows, const int64_t *ys, const float *restrict go,
-                         float *restrict gx, float *restrict gy, double *restrict buf) {
-    const net_args *a = nt->a;
+static size_t chunk_floats(int64_t L, int64_t H, int64_t K) {
     const int64_t O = 2 * L;
-    double *restrict sg = buf, *restrict sgx = buf + H;
-    float *restrict k = (float *)(buf + 2 * H), *restrict mg = k + H, *restrict mgx = mg + H;
-    float *restrict gh = mgx + H;          /* MR x H */
-    float *restrict gas = gh + MR * H;     /* RB x H */
-    float *restrict xs = gas + RB * H;     /* RB x L */
-    float *restrict dxs = xs + RB * L;     /* RB x pad(L) */
-    const float *restrict hs = a->h, *restrict xhs = a->xhat;
-    for (int64_t j = 0; j < H; j++) sg[j] = sgx[j] = 0.0;
-    /* pass 1: the heads' gradients; dL/dy and its column sums (batch norm's gradients) */
-    for (int64_t p0 = 0; p0 < P; p0 += RB) {
-        const int64_t R = P - p0 < RB ? P - p0 : RB;
-        for (int64_t r0 = 0; r0 < R; r0 += MR) {
-            const int64_t R4 = R - r0 < MR ? R - r0 : MR;
-            head_grad(nt->w2, go + (p0 + r0) * O, R4, O, H, gh);
-            for (int64_t i = 0; i < R4; i++) {
-                const int64_t p = p0 + r0 + i;
-                const float *restrict h = hs + p * H, *restrict xh = xhs + p * H;
-                const float *restrict ghi = gh + i * H;
-                float *restrict gyp = gy + p * H;
-                const float scale = a->scale;
-                for (int64_t q = 0; q < O; q++) nt->g_b2[q] += go[p * O + q];
-#pragma omp simd
-                for (int64_t j = 0; j < H; j++) {
-                    /* dh/dy: the scale where the entry is kept and y > 0, i.e. where h > 0 */
-                    const float v = h[j] > 0.0f ? ghi[j] * scale : 0.0f;
-                    gyp[j] = v;
-                    sg[j] += v;
-                    sgx[j] += (double)(v * xh[j]);
-                }
-            }
-        }
-        outer(nt->g_w2, go + p0 * O, hs + p0 * H, R, O, H);
-    }
-    for (int64_t j = 0; j < H; j++) {
-        a->g_beta[j] = (float)sg[j];
-        a->g_gamma[j] = (float)sgx[j];
-        k[j] = a->gamma[j] * a->invstd[j];
-        mg[j] = (float)(sg[j] / P);
-        mgx[j] = (float)(sgx[j] / P);
-    }
-    /* pass 2: through the batch statistics to v, then to the class table, W1, b1 and x */
-    float *restrict gb = a->g_b1;
-    for (int64_t p0 = 0; p0 < P; p0 += RB) {
-        const int64_t R = P - p0 < RB ? P - p0 : RB;
-        for (int64_t r = 0; r < R; r++) {
-            const int64_t p = p0 + r;
-            const float *restrict xp = input_row(x, rows, p, L);
-            memcpy(xs + r * L, xp, (size_t)L * sizeof(float));
-            const float *restrict xh = xhs + p * H, *restrict gyp = gy + p * H;
-            float *restrict ga = gas + r * H;
-            float *restrict gt = a->g_table + ys[p] * H;
-#pragma omp simd
-            for (int64_t j = 0; j < H; j++) {
-                const float v = k[j] * (gyp[j] - mg[j] - xh[j] * mgx[j]);
-                ga[j] = v;
-                gt[j] += v;
-                gb[j] += v;
-            }
-        }
-        /* to the inputs: W1^T dv, the block's rows at once */
-        const int64_t Lp = pad(L);
-        rows_times(gas, nt->w1p, R, H, Lp, dxs);
-        for (int64_t r = 0; r < R; r++) {
-            const int64_t p = p0 + r;
-            float *restrict gxp = gx + (rows ? rows[p] : p) * L;
-            const float *restrict dx = dxs + r * Lp;
-            for (int64_t l = 0; l < L; l++) gxp[l] = rows ? gxp[l] + dx[l] : dx[l];
-        }
-        outer(nt->g_w1t, xs, gas, R, L, H);
+    return (size_t)(O + O * H + K * H + H + L * H + MR * H + RB * H + RB * L + RB * pad(L));
+}
+
+/* Chunk c's part of d (2 H doubles per chunk) and f (chunk_floats per chunk). */
+static chunk_sums chunk_part(double *d, float *f, int64_t c, int64_t L, int64_t H, int64_t K) {
+    const int64_t O = 2 * L;
+    chunk_sums cs;
+    cs.sg = d + 2 * H * c;
+    cs.sgx = cs.sg + H;
+    cs.g_b2 = f + chunk_floats(L, H, K) * c;
+    cs.g_w2 = cs.g_b2 + O;
+    cs.g_table = cs.g_w2 + O * H;
+    cs.g_b1 = cs.g_table + K * H;
+    cs.g_w1t = cs.g_b1 + H;
+    cs.gh = cs.g_w1t + L * H;
+    cs.gas = cs.gh + MR * H;
+    cs.xs = cs.gas + RB * H;
+    cs.dxs = cs.xs + RB * L;
+    return cs;
+}
+
+/* out[i] = sum over the chunks, in order, of the n values at offset (the member's address in
+ * chunk 0 minus f) of each chunk's floats */
+static void add_chunks(float *restrict out, const float *f, const float *member0, int64_t n,
+                       int64_t n_chunks, size_t stride) {
+    const size_t off = (size_t)(member0 - f);
+    for (int64_t i = 0; i < n; i++) {
+        float acc = 0.0f;
+        for (int64_t c = 0; c < n_chunks; c++) acc += f[stride * c + off + i];
+        out[i] = acc;
     }
 }
 
+/* Backward through one network, from go (P x 2L: the gradient at its outputs m and log s2):
+ * the parameter gradients (written), and the input gradient W1^T dv of pair p into row p of
+ * gx (added when add, else written). x[rows[p]] (x[p] without rows) is pair p's input.
+ * gy: P x H floats of scratch; d, f: each chunk's sums (chunk_part); k: 3 H floats. */
+static void net_backward(net *nt, int64_t P, int64_t L, int64_t H, int64_t K, const float *x,
+                         const int64_t *rows, const int64_t *ys, const float *restrict go,
+                         float *restrict gx, int add, float *restrict gy, const chunks *ch,
+                         double *d, float *f, float *restrict k, int n_threads) {
+    const net_args *a = nt->a;
+    const int64_t O = 2 * L, Lp = pad(L);
+    const size_t stride = chunk_floats(L, H, K);
+    float *restrict mg = k + H, *restrict mgx = mg + H;
+    const float *restrict hs = a->h, *restrict xhs = a->xhat;
+    const float scale = a->scale;
+    /* pass 1: the heads' gradients; dL/dy and its column sums (batch norm's gradients) */
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < ch->n; c++) {
+        const chunk_sums cs = chunk_part(d, f, c, L, H, K);
+        for (int64_t j = 0; j < H; j++) cs.sg[j] = cs.sgx[j] = 0.0;
+        memset(cs.g_b2, 0, (size_t)(O + O * H) * sizeof(float));
+        for (int64_t p0 = ch->start[c]; p0 < ch->start[c + 1]; p0 += RB) {
+            const int64_t R = ch->start[c + 1] - p0 < RB ? ch->start[c + 1] - p0 : RB;
+            for (int64_t r0 = 0; r0 < R; r0 += MR) {
+                const int64_t R4 = R - r0 < MR ? R - r0 : MR;
+                head_grad(nt->w2, go + (p0 + r0) * O, R4, O, H, cs.gh);
+                for (int64_t i = 0; i < R4; i++) {
+                    const int64_t p = p0 + r0 + i;
+                    const float *restrict h = hs + p * H, *restrict xh = xhs + p * H;
+                    const float *restrict ghi = cs.gh + i * H;
+                    float *restrict gyp = gy + p * H;
+                    double *restrict sg = cs.sg, *restrict sgx = cs.sgx;
+                    for (int64_t q = 0; q < O; q++) cs.g_b2[q] += go[p * O + q];
+#pragma omp simd
+                    for (int64_t j = 0; j < H; j++) {
+                        /* dh/dy: the scale where the entry is kept and y > 0, i.e. where h > 0 */
+                        const float v = h[j] > 0.0f ? ghi[j] * scale : 0.0f;
+                        gyp[j] = v;
+                        sg[j] += v;
+                        sgx[j] += (double)(v * xh[j]);
+                    }
+                }
+            }
+            outer(cs.g_w2, go + p0 * O, hs + p0 * H, R, O, H);
+        }
+    }
+    const chunk_sums c0 = chunk_part(d, f, 0, L, H, K);
+    add_chunks(nt->g_b2, f, c0.g_b2, O, ch->n, stride);
+    add_chunks(nt->g_w2, f, c0.g_w2, O * H, ch->n, stride);
+    for (int64_t j = 0; j < H; j++) {
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t c = 0; c < ch->n; c++) {
+            sg += d[2 * H * c + j];
+            sgx += d[2 * H * c + H + j];
+        }
+        a->g_beta[j] = (float)sg;
+        a->g_gamma[j] = (float)sgx;
+        k[j] = a->gamma[j] * a->invstd[j];
+        mg[j] = (float)(sg / P);
+        mgx[j] = (float)(sgx / P);
+    }
+    /* pass 2: through the batch statistics to v, then to the class table, W1, b1 and x */
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t c = 0; c < ch->n; c++) {
+        const chunk_sums cs = chunk_part(d, f, c, L, H, K);
+        memset(cs.g_table, 0, (size_t)(K * H + H + L * H) * sizeof(float));
+        for (int64_t p0 = ch->start[c]; p0 < ch->start[c + 1]; p0 += RB) {
+            const int64_t R = ch->start[c + 1] - p0 < RB ? ch->start[c + 1] - p0 : RB;
+            for (int64_t r = 0; r < R; r++) {
+                const int64_t p = p0 + r;
+                memcpy(cs.xs + r * L, input_row(x, rows, p, L), (size_t)L * sizeof(float));
+                const float *restrict xh = xhs + p * H, *restrict gyp = gy + p * H;
+                float *restrict ga = cs.gas + r * H;
+                float *restrict gt = cs.g_table + ys[p] * H, *restrict gb = cs.g_b1;
+#pragma omp simd
+                for (int64_t j = 0; j < H; j++) {
+                    const float v = k[j] * (gyp[j] - mg[j] - xh[j] * mgx[j]);
+                    ga[j] = v;
+                    gt[j] += v;
+                    gb[j] += v;
+                }
+            }
+            /* to the inputs: W1^T dv, the block's rows at once */
+            rows_times(cs.gas, nt->w1p, R, H, Lp, cs.dxs);
+            for (int64_t r = 0; r < R; r++) {
+                float *restrict gxp = gx + (p0 + r) * L;
+                const float *restrict dx = cs.dxs + r * Lp;
+                for (int64_t l = 0; l < L; l++) gxp[l] = add ? gxp[l] + dx[l] : dx[l];
+            }
+            outer(cs.g_w1t, cs.xs, cs.gas, R, L, H);
+        }
+    }
+    add_chunks(a->g_table, f, c0.g_table, K * H, ch->n, stride);
+    add_chunks(a->g_b1, f, c0.g_b1, H, ch->n, stride);
+    add_chunks(nt->g_w1t, f, c0.g_w1t, L * H, ch->n, stride);
+}
+
 /* Backward pass, from g_log_p and g_kl (P each) and what the forward pass kept: the gradients
- * of both networks' parameters and of z1 (g_z1: n_cells x L, written). Returns 0, or 2 when
- * scratch memory could not be allocated. */
+ * of both networks' parameters and of z1 (g_z1: n_cells x L, written; each cell's pairs added
+ * in pair order). Returns 0, or 2 when scratch memory could not be allocated. */
 int cellvi_scanvi_pairs_backward(int64_t P, int64_t n_cells, int64_t L, int64_t H, int64_t K,
                                  const float *restrict z1, const int64_t *restrict cells,
                                  const int64_t *restrict ys, const float *restrict eps,
@@ -537,39 +641,39 @@ int cellvi_scanvi_pairs_backward(int64_t P, int64_t n_cells, int64_t L, int64_t 
                                  const float *restrict s2e, const float *restrict m1,
                                  const float *restrict s2d, const float *restrict g_log_p,
                                  const float *restrict g_kl, const net_args *enc_args,
-                                 const net_args *dec_args, float *restrict g_z1) {
+                                 const net_args *dec_args, float *restrict g_z1, int n_threads) {
+    if (n_threads < 1) n_threads = 1;
     const int64_t O = 2 * L;
-    const size_t floats = (size_t)(P * O + P * L + P * H + (3 + MR + RB) * H + RB * (L + pad(L)));
-    double *buf = malloc((size_t)H * 2 * sizeof(double) + floats * sizeof(float));
-    if (!buf) return 2;
+    chunks ch;
+    chunks_of(&ch, P);
+    const size_t per_chunk = chunk_floats(L, H, K);
+    const size_t floats = (size_t)(3 * H + P * O + 2 * P * L + P * H) + per_chunk * (size_t)ch.n;
+    double *d = malloc((size_t)(2 * H * ch.n) * sizeof(double) + floats * sizeof(float));
+    if (!d) return 2;
     net enc, dec;
     if (!nets_open(&enc, &dec, enc_args, dec_args, L, H, 1)) {
-        free(buf);
+        free(d);
         return 2;
     }
-    float *go = (float *)(buf + 2 * H) + (3 + MR + RB) * H + RB * (L + pad(L));
-    float *g_z2 = go + P * O, *gy = g_z2 + P * L;
-    for (int i = 0; i < 2; i++) {
-        const net_args *a = i ? dec_args : enc_args;
-        memset(a->g_b1, 0, (size_t)H * sizeof(float));
-        memset(a->g_table, 0, (size_t)(K * H) * sizeof(float));
-    }
-    memset(g_z1, 0, (size_t)(n_cells * L) * sizeof(float));
-    /* log_p = log N(z1[c]; m1, s2d): to m1, log s2d and z1 itself */
+    float *k = (float *)(d + 2 * H * ch.n);
+    float *go = k + 3 * H, *g_z2 = go + P * O, *gzp = g_z2 + P * L, *gy = gzp + P * L;
+    float *f = gy + P * H;
+    /* log_p = log N(z1[c]; m1, s2d): to m1, log s2d and (pair p's row of gzp) z1 itself */
+#pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t p = 0; p < P; p++) {
         const float gl = g_log_p[p];
         const float *restrict target = z1 + cells[p] * L;
-        float *restrict gz = g_z1 + cells[p] * L;
         for (int64_t l = 0; l < L; l++) {
-            const float var = s2d[p * L + l], d = target[l] - m1[p * L + l];
-            const float r = d / var;
+            const float var = s2d[p * L + l], dl = target[l] - m1[p * L + l];
+            const float r = dl / var;
             go[p * O + l] = gl * r;
             go[p * O + L + l] = gl * 0.5f * (r * r - 1.0f / var) * (var - VAR_EPS);
-            gz[l] -= gl * r;
+            gzp[p * L + l] = -gl * r;
         }
     }
-    net_backward(&dec, P, L, H, z2, NULL, ys, go, g_z2, gy, buf);
+    net_backward(&dec, P, L, H, K, z2, NULL, ys, go, g_z2, 0, gy, &ch, d, f, k, n_threads);
     /* z2 = m2 + sqrt(s2e) eps, and kl = KL(N(m2, s2e) || N(0, I)): to m2 and log s2e */
+#pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t p = 0; p < P; p++) {
         const float gk = g_kl[p];
         for (int64_t l = 0; l < L; l++) {
@@ -579,9 +683,16 @@ int cellvi_scanvi_pairs_backward(int64_t P, int64_t n_cells, int64_t L, int64_t 
             go[p * O + L + l] = g_var * (var - VAR_EPS);
         }
     }
-    net_backward(&enc, P, L, H, z1, cells, ys, go, g_z1, gy, buf);
+    net_backward(&enc, P, L, H, K, z1, cells, ys, go, gzp, 1, gy, &ch, d, f, k, n_threads);
+    /* the pairs' gradients to their cells, in pair order */
+    memset(g_z1, 0, (size_t)(n_cells * L) * sizeof(float));
+    for (int64_t p = 0; p < P; p++) {
+        float *restrict gz = g_z1 + cells[p] * L;
+        const float *restrict gp = gzp + p * L;
+        for (int64_t l = 0; l < L; l++) gz[l] += gp[l];
+    }
     net_close(&enc, L, H);
     net_close(&dec, L, H);
-    free(buf);
+    free(d);
     return 0;
 }
