@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellvi.analysis.surgery import frozen_except, transplant
+from cellvi.analysis.surgery import fixed_parts, frozen_except, transplant
+from cellvi.models.scanvi import SCANVIModule
 from cellvi.models.scvi import SCVIModule
 
 SHAPE = {"n_hidden": 16, "n_latent": 4, "encode_covariates": True}
@@ -120,3 +121,35 @@ def test_shape_change_other_than_batch_rows_is_refused():
     new = SCVIModule(20, n_batch=3, **{**SHAPE, "n_hidden": 8})
     with pytest.raises(ValueError, match="only batch-indexed rows may grow"):
         transplant(old, new, n_old=2)
+
+
+@pytest.mark.parametrize("adaptive", [SCANVIModule.query_adaptive_norms, ("decoder.",)])
+def test_fine_tuning_trains_all_but_the_fixed_parts(adaptive):
+    torch.manual_seed(0)
+    module = SCANVIModule(20, unlabeled_code=2, n_labels=3, **SHAPE).train()
+    mb = _minibatch(torch.zeros(8, dtype=torch.long))
+    mb["labels"] = torch.full((8,), 2)  # unlabelled query cells
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    norm = "classifier.0.norms.0."
+    fixed = SCANVIModule.query_fixed_when_fine_tuned
+    assert fixed == ("classifier.",)
+    with fixed_parts(module, fixed, adaptive_norms=adaptive):
+        trained = {n for n, p in module.named_parameters() if p.requires_grad}
+        adapts = "classifier." in adaptive
+        assert {n for n in trained if n.startswith("classifier.")} == (
+            {norm + "weight", norm + "bias"} if adapts else set()
+        )
+        _adam_steps(module, mb)
+    after = module.state_dict()
+    for name, value in before.items():
+        if name.startswith(norm) and adapts:  # AdaBN: follows the query
+            assert not torch.equal(after[name], value), name
+        elif name.startswith("classifier."):
+            assert torch.equal(after[name], value), name
+    # the rest trained (encoder and decoder weights moved), and everything trains again
+    assert not torch.equal(after["z_encoder.mean.weight"], before["z_encoder.mean.weight"])
+    assert not torch.equal(
+        after["decoder.body.linears.0.weight"], before["decoder.body.linears.0.weight"]
+    )
+    assert all(p.requires_grad for p in module.parameters())
+    assert module.classifier[0].norms[0].training

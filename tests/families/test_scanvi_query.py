@@ -125,3 +125,24 @@ def test_a_fully_labelled_reference_maps_an_unlabelled_query():
     assert list(query.obs["scanvi_prediction"].cat.categories) == [f"type{t}" for t in range(5)]
     truth = query.obs["cell_type"].astype(str).to_numpy()
     assert (query.obs["scanvi_prediction"].astype(str).to_numpy() == truth).mean() > 0.5
+
+
+def test_fine_tuning_keeps_the_classifier_and_adapts_its_norm(mapped):
+    import torch
+
+    from cellvi.lifecycle.runtime import load_model
+
+    reference, query, _ = mapped
+    tuned = cv.tl.map_query(query, reference=reference, key="scanvi", max_epochs=5,
+                            freeze=False, seed=0, copy=True)  # fmt: skip
+    old = load_model(reference, "scanvi").module.state_dict()
+    new = load_model(tuned, "scanvi").module.state_dict()
+    norm = "classifier.0.norms.0."
+    for name, value in old.items():
+        if not name.startswith("classifier.") or "num_batches_tracked" in name:
+            continue
+        assert torch.equal(new[name], value) != name.startswith(norm), name
+    # every other weight was fine-tuned
+    assert not torch.equal(new["z_encoder.mean.weight"], old["z_encoder.mean.weight"])
+    assert not torch.equal(new["z2_encoder.mean.weight"], old["z2_encoder.mean.weight"])
+    assert tuned.uns["scanvi"]["query_mapping"]["freeze"] is False

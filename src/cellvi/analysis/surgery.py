@@ -114,6 +114,45 @@ def frozen_except(
             sub.train(training)
 
 
+@contextmanager
+def fixed_parts(
+    module: nn.Module, prefixes: Sequence[str], *, adaptive_norms: Sequence[str] = ()
+) -> Iterator[None]:
+    """Fine-tune every weight of ``module`` but those under the submodule ``prefixes`` while
+    in the context.
+
+    The parameters under ``prefixes`` get ``requires_grad=False`` (optimisers built inside
+    the context skip them), and their batch norms normalise with the running statistics, also
+    in training mode, except the norms also under ``adaptive_norms``: those normalise with the
+    minibatch's statistics (updating their running ones) and train their scale and shift, as
+    in :func:`frozen_except`. Everything else trains as usual. Everything is restored on exit
+    (apart from the adaptive norms' running statistics).
+    """
+    handles, flags, modes = [], {}, {}
+    adaptive, _ = _norms(module, adaptive_norms)
+    try:
+        for name, param in module.named_parameters():
+            flags[name] = param.requires_grad
+            if any(name.startswith(p) for p in prefixes) and name not in adaptive:
+                param.requires_grad_(False)
+        for name, sub in module.named_modules():
+            if (
+                isinstance(sub, nn.modules.batchnorm._BatchNorm)
+                and any(name.startswith(p) for p in prefixes)
+                and not any(name.startswith(p) for p in adaptive_norms)
+            ):
+                modes[sub] = sub.training
+                handles.append(sub.register_forward_pre_hook(_use_running_statistics))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, param in module.named_parameters():
+            param.requires_grad_(flags.get(name, True))
+        for sub, training in modes.items():
+            sub.train(training)
+
+
 def _use_running_statistics(norm: nn.Module, args) -> None:
     # the trainer switches every module to training mode at each epoch: undo it for the norm
     norm.train(False)

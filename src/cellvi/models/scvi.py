@@ -88,6 +88,9 @@ class SCVIModule(nn.Module):
     #: Submodules whose batch norms adapt to a query in frozen query mapping (minibatch
     #: statistics, trained scale and shift; see :func:`cellvi.analysis.surgery.frozen_except`).
     query_adaptive_norms: tuple[str, ...] = ("decoder.",)
+    #: Submodules that stay fixed when a query fine-tunes every other weight
+    #: (``cv.tl.map_query(freeze=False)``; see :func:`cellvi.analysis.surgery.fixed_parts`).
+    query_fixed_when_fine_tuned: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._settings import settings
-from ..analysis.surgery import frozen_except
+from ..analysis.surgery import fixed_parts, frozen_except
 from ..data._mudata import rna_anndata
 from ..families import Capability
 from ..lifecycle.payload import encode
@@ -113,7 +113,9 @@ def map_query(
         Training epochs (``None``: the default of ``cv.tl.scvi_train`` for the query's size,
         at most 200).
     freeze
-        Train only the new batch columns (``True``) or fine-tune every weight (``False``).
+        Train only the new batch columns (``True``) or fine-tune every weight (``False``)
+        but those the model keeps fixed in ``query_fixed_when_fine_tuned`` (scANVI: the
+        classifier, whose batch norm still adapts to the query, as with ``True``).
     min_gene_overlap
         Smallest fraction of the reference's genes the query must have.
     batch_size, lr
@@ -217,7 +219,11 @@ def _train(model, prepared, freeze, max_epochs, batch_size, lr, seed, accelerato
     # frozen entries must not move: Adam's weight decay would move them, so it is off
     plan = TrainingPlan(module, lr=lr, weight_decay=0.0, n_epochs_kl_warmup=0)
     adaptive = getattr(module, "query_adaptive_norms", ())
-    context = frozen_except(module, masks, adaptive_norms=adaptive) if freeze else nullcontext()
+    if freeze:
+        context = frozen_except(module, masks, adaptive_norms=adaptive)
+    else:
+        fixed = getattr(module, "query_fixed_when_fine_tuned", ())
+        context = fixed_parts(module, fixed, adaptive_norms=adaptive) if fixed else nullcontext()
     take_used()  # the payload records the kernels this training uses
     with context:
         fit(
