@@ -90,28 +90,10 @@ def frozen_except(
     encoder's new batch columns learn the query's shift. Everything is restored on exit
     (apart from the adaptive norms' running statistics, which now describe the query).
     """
-    handles, flags, modes = [], {}, {}
     adaptive, fixed = _norms(module, adaptive_norms)
-    try:
-        for name, param in module.named_parameters():
-            flags[name] = param.requires_grad
-            if name in masks:
-                # the trainer may move the module to a GPU after this point: follow the grad
-                mask = masks[name]
-                handles.append(param.register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype)))
-            elif name not in adaptive:
-                param.requires_grad_(False)
-        for sub in fixed:
-            modes[sub] = sub.training
-            handles.append(sub.register_forward_pre_hook(_use_running_statistics))
+    frozen = {n for n, _ in module.named_parameters() if n not in masks and n not in adaptive}
+    with _train_only(module, frozen=frozen, masks=masks, fixed_norms=fixed):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name, param in module.named_parameters():
-            param.requires_grad_(flags.get(name, True))
-        for sub, training in modes.items():
-            sub.train(training)
 
 
 @contextmanager
@@ -128,21 +110,47 @@ def fixed_parts(
     in :func:`frozen_except`. Everything else trains as usual. Everything is restored on exit
     (apart from the adaptive norms' running statistics).
     """
-    handles, flags, modes = [], {}, {}
+
+    def under(name: str, which: Sequence[str]) -> bool:
+        return any(name.startswith(p) for p in which)
+
     adaptive, _ = _norms(module, adaptive_norms)
+    frozen = {n for n, _ in module.named_parameters() if under(n, prefixes) and n not in adaptive}
+    fixed = [
+        sub
+        for name, sub in module.named_modules()
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm)
+        and under(name, prefixes)
+        and not under(name, adaptive_norms)
+    ]
+    with _train_only(module, frozen=frozen, masks={}, fixed_norms=fixed):
+        yield
+
+
+@contextmanager
+def _train_only(
+    module: nn.Module,
+    *,
+    frozen: set[str],
+    masks: dict[str, torch.Tensor],
+    fixed_norms: Sequence[nn.Module],
+) -> Iterator[None]:
+    """While in the context: the parameters named in ``frozen`` get ``requires_grad=False``,
+    those in ``masks`` keep gradients only where the mask is ``True``, and the norms in
+    ``fixed_norms`` normalise with their running statistics; all restored on exit."""
+    handles, flags, modes = [], {}, {}
     try:
         for name, param in module.named_parameters():
             flags[name] = param.requires_grad
-            if any(name.startswith(p) for p in prefixes) and name not in adaptive:
+            if name in masks:
+                # the trainer may move the module to a GPU after this point: follow the grad
+                mask = masks[name]
+                handles.append(param.register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype)))
+            elif name in frozen:
                 param.requires_grad_(False)
-        for name, sub in module.named_modules():
-            if (
-                isinstance(sub, nn.modules.batchnorm._BatchNorm)
-                and any(name.startswith(p) for p in prefixes)
-                and not any(name.startswith(p) for p in adaptive_norms)
-            ):
-                modes[sub] = sub.training
-                handles.append(sub.register_forward_pre_hook(_use_running_statistics))
+        for sub in fixed_norms:
+            modes[sub] = sub.training
+            handles.append(sub.register_forward_pre_hook(_use_running_statistics))
         yield
     finally:
         for handle in handles:
