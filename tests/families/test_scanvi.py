@@ -48,6 +48,7 @@ def test_started_from_scvi_takes_its_shape_and_fine_tunes(trained):
     params = trained.uns["scanvi"]["params"]
     assert params["scvi_key"] == "scvi"
     assert params["max_epochs"] == 10 and params["n_epochs_kl_warmup"] == 0
+    assert params["n_steps_classifier_prefit"] == 200  # resolved from None
     other = annotated()
     cv.tl.scvi_train(other, max_epochs=2, n_latent=6, **FAST)
     cv.tl.scanvi_train(other, max_epochs=1, **FAST)
@@ -60,6 +61,7 @@ def test_from_scratch_also_annotates():
     cv.tl.scanvi_train(adata, scvi_key=None, max_epochs=60, **FAST)
     assert unlabelled_accuracy(adata) > 0.6
     assert adata.uns["scanvi"]["params"]["n_epochs_kl_warmup"] == 15  # the shared default
+    assert adata.uns["scanvi"]["params"]["n_steps_classifier_prefit"] == 0  # no latent to fit on
 
 
 def test_a_fully_labelled_reference_is_valid():
@@ -113,6 +115,10 @@ def test_bad_input_is_refused_with_the_fix_and_data_unchanged():
     cv.tl.scvi_train(adata, **small)
     _unchanged(adata, lambda: cv.tl.scanvi_train(adata, n_latent=7, **small), ValueError,
                "n_latent=7 differs")  # fmt: skip
+    _unchanged(adata, lambda: cv.tl.scanvi_train(adata, n_steps_classifier_prefit=-1, **small),
+               ValueError, "non-negative integer or None")  # fmt: skip
+    _unchanged(adata, lambda: cv.tl.scanvi_train(adata, scvi_key=None, n_steps_classifier_prefit=5,
+               **small), ValueError, "pass scvi_key, or leave")  # fmt: skip
     other_batches = adata.copy()
     other_batches.obs["batch"] = pd.Categorical(["one"] * other_batches.n_obs)
     cv.pp.setup_registry(other_batches, layer="counts", batch_key="batch", labels_key="label")
@@ -168,3 +174,37 @@ def test_by_default_the_classifier_sees_the_minibatch_labels(monkeypatch):
     cv.tl.scanvi_train(adata, scvi_key=None, max_epochs=1, **FAST)
     assert seen and not any(seen)
     assert adata.uns["scanvi"]["params"]["balance_labels"] is False
+
+
+def test_the_classifier_is_prefitted_on_the_labelled_training_cells_only(monkeypatch):
+    from cellvi.models.scanvi import SCANVIModule
+
+    seen = {}
+    real = SCANVIModule.prefit_classifier
+
+    def spy(self, z1, classes, **kw):
+        seen.update(z1=z1.clone(), classes=classes.clone(), **kw)
+        return real(self, z1, classes, **kw)
+
+    monkeypatch.setattr(SCANVIModule, "prefit_classifier", spy)
+    adata = annotated(n_cells=300)
+    cv.tl.scvi_train(adata, max_epochs=5, **FAST)
+    cv.tl.scanvi_train(adata, max_epochs=1, n_steps_classifier_prefit=7, **FAST)
+    assert seen["steps"] == 7 and seen["batch_size"] == FAST["batch_size"]
+    validation = np.zeros(adata.n_obs, bool)
+    validation[adata.uns["scanvi"]["validation_indices"]] = True
+    labelled = (adata.obs["label"] != "Unknown").to_numpy()
+    expected = labelled & ~validation
+    assert (labelled & validation).any()  # the check below would not see a leak otherwise
+    names = [f"type{t}" for t in range(5)]
+    given = adata.obs["label"].astype(str).to_numpy()[expected]
+    assert seen["classes"].tolist() == [names.index(g) for g in given]
+    # the scVI model's posterior means of those cells, in their order
+    np.testing.assert_allclose(
+        seen["z1"].numpy(), adata.obsm["X_scvi"][expected], rtol=1e-4, atol=1e-5
+    )
+    assert adata.uns["scanvi"]["params"]["n_steps_classifier_prefit"] == 7
+
+    seen.clear()
+    cv.tl.scanvi_train(adata, max_epochs=1, n_steps_classifier_prefit=0, **FAST)
+    assert not seen  # 0 turns it off

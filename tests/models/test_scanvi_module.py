@@ -117,3 +117,53 @@ def test_log_prior_z1_is_a_normalised_density():
     with torch.no_grad():
         estimate = torch.exp(module.log_prior_z1(z) - log_proposal).mean()
     assert float(estimate) == pytest.approx(1.0, abs=0.1)
+
+
+def _clusters(n: int = 300, n_classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, n_classes, (n,), generator=g)
+    centres = 3.0 * torch.randn(n_classes, 10, generator=g)
+    return centres[classes] + torch.randn(n, 10, generator=g), classes
+
+
+def test_prefit_classifier_fits_fixed_latents_and_leaves_the_rest():
+    torch.manual_seed(0)
+    module = SCANVIModule(30, 3, n_labels=4, n_hidden=16)
+    z1, classes = _clusters()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    kept = z1.clone()
+    module.eval()
+    accuracy = lambda: float((module.class_logits(z1).argmax(1) == classes).float().mean())  # noqa: E731
+    start = accuracy()
+    steps = module.prefit_classifier(z1, classes, steps=150, batch_size=64, lr=1e-2,
+                                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert steps == 150
+    assert accuracy() > 0.97 > start
+    assert not module.training and not module.classifier.training  # the modes it had
+    torch.testing.assert_close(z1, kept)
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed), changed
+    assert all(p.grad is None for p in module.parameters())
+
+
+def test_prefit_classifier_is_seeded_and_refuses_bad_input():
+    z1, classes = _clusters(n=100)
+
+    def fitted(seed: int) -> dict:
+        torch.manual_seed(0)
+        module = SCANVIModule(30, 3, n_labels=4, n_hidden=16)
+        module.prefit_classifier(z1, classes, steps=20, batch_size=32,
+                                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        return module.classifier.state_dict()
+
+    one, same, other = fitted(0), fitted(0), fitted(1)
+    assert all(torch.equal(one[k], same[k]) for k in one)
+    assert not all(torch.equal(one[k], other[k]) for k in one)  # the draws follow the generator
+    module = SCANVIModule(30, 3, n_labels=4, n_hidden=16)
+    assert module.prefit_classifier(z1[:1], classes[:1], steps=10) == 0  # batch norm needs two
+    assert module.prefit_classifier(z1, classes, steps=0) == 0
+    with pytest.raises(ValueError, match="classes must lie in 0..2"):
+        module.prefit_classifier(z1, classes + 1, steps=1)
+    with pytest.raises(ValueError, match=r"classes \(n_cells,\)"):
+        module.prefit_classifier(z1, classes[:10], steps=1)

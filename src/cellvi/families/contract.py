@@ -144,6 +144,10 @@ class TrainingData:
         The trained model a warm-started model starts from (see :attr:`ModelFamily.warm_start`),
         set by the shared training path before ``prepare``: an object with ``key``, ``module``,
         ``registry``, ``var_names``, ``params`` and ``family``. ``None``: from scratch.
+    train_indices
+        The cells that train (the others validate), set by the shared training path before
+        ``prepare``; ``None`` outside it. What ``prepare`` fits from the data (e.g. scANVI's
+        classifier, pre-fitted on the labelled cells) should read these cells only.
     """
 
     registry: dict[str, Any]
@@ -152,6 +156,7 @@ class TrainingData:
     extra: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     init_model: Any = None
+    train_indices: Any = None
 
 
 @dataclass(frozen=True)

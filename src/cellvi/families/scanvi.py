@@ -30,6 +30,10 @@ MODULE_OPTIONS = module_options(SCANVIModule)
 INHERITS = tuple(o for o in module_options(SCVIModule) if o in MODULE_OPTIONS)
 #: Epochs of a model started from a trained scVI (as the peer: a fine-tune, not a fresh fit).
 WARM_START_EPOCHS = 10
+#: Steps of the classifier alone on the scVI latent of the labelled cells before a model
+#: started from scVI is fine-tuned (``n_steps_classifier_prefit=None``); see
+#: :meth:`SCANVIModule.prefit_classifier` and docs/scanvi.md for the measurements.
+PREFIT_STEPS = 200
 #: The module's own parts, which a model started from scVI does not find there.
 OWN_PARTS = ("classifier.", "z2_encoder.", "z1_decoder.", "log_label_prior")
 
@@ -58,6 +62,15 @@ def build_module(params: dict[str, Any], registry: dict[str, Any], n_vars: int) 
             f"scANVI needs labelled cells of at least two cell types in the labels column "
             f"{registry['labels_key']!r}; {found}. Label some cells (or pass the category your "
             "unlabelled cells carry as unlabeled_category)."
+        )
+    steps = params.get("n_steps_classifier_prefit")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0):  # fmt: skip
+        raise ValueError(f"n_steps_classifier_prefit must be a non-negative integer or None, got {steps!r}.")  # fmt: skip
+    if steps and params.get("scvi_key") is None:
+        raise ValueError(
+            f"n_steps_classifier_prefit={steps} pre-fits the classifier on a trained scVI "
+            "latent, but scvi_key=None trains from scratch: pass scvi_key, or leave "
+            "n_steps_classifier_prefit=None."
         )
     module = SCANVIModule(shape.pop("n_input"), code, **shape, **options)
     module.class_names = names  # what the outputs hook names
@@ -147,14 +160,46 @@ def prepare(module: SCANVIModule, data: TrainingData, params: dict[str, Any]) ->
     if params["label_prior"] == "frequency":
         module.log_label_prior.copy_(torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32))  # fmt: skip
     if data.init_model is None:
-        return {}
+        return {"n_steps_classifier_prefit": 0}
     _copy_weights(module, data)
     resolved = {}
     if params.get("max_epochs") is None:
         resolved["max_epochs"] = WARM_START_EPOCHS
     if params.get("n_epochs_kl_warmup") is None:
         resolved["n_epochs_kl_warmup"] = 0  # the scVI model's KL is warmed up already
+    resolved["n_steps_classifier_prefit"] = _prefit_classifier(module, data, params)
     return resolved
+
+
+def _prefit_classifier(module: SCANVIModule, data: TrainingData, params: dict[str, Any]) -> int:
+    """Fit the classifier of a model started from scVI on the latent of the labelled training
+    cells, the scVI encoder's posterior means (:meth:`SCANVIModule.prefit_classifier`); returns
+    the steps taken. ``n_steps_classifier_prefit=None`` takes :data:`PREFIT_STEPS`."""
+    steps = params.get("n_steps_classifier_prefit")
+    steps = PREFIT_STEPS if steps is None else int(steps)
+    if steps == 0 or module.classification_ratio == 0:
+        return 0
+    code = unlabeled_code(data.registry, params["unlabeled_category"])
+    train = np.arange(data.tensors.n_cells) if data.train_indices is None else np.asarray(data.train_indices)  # fmt: skip
+    labelled = train[data.tensors.labels.numpy().reshape(-1)[train] != code]
+    if labelled.size < 2:
+        return 0
+    was_training = module.training
+    module.eval()
+    parts = []
+    with torch.no_grad():
+        for mb in MinibatchLoader(data.tensors, labelled, batch_size=1024):
+            parts.append(module.inference(
+                mb.get("x"), mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"),
+                deterministic=True,
+            )["qz_m"].float())  # fmt: skip
+    module.train(was_training)
+    classes = module.classes(torch.as_tensor(data.tensors.labels.numpy().reshape(-1)[labelled]))
+    generator = torch.Generator().manual_seed(int(params["seed"]))
+    return module.prefit_classifier(
+        torch.cat(parts), classes, steps=steps, batch_size=int(params["batch_size"]),
+        lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), generator=generator,
+    )  # fmt: skip
 
 
 @torch.inference_mode()

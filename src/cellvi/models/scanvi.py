@@ -153,6 +153,74 @@ class SCANVIModule(SCVIModule):
         """Logits of ``q(y | z1)``, in float32."""
         return self.classifier(z1.float()).float()
 
+    def prefit_classifier(
+        self,
+        z1: torch.Tensor,
+        classes: torch.Tensor,
+        *,
+        steps: int,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Train the classifier alone on fixed latents of labelled cells, before the whole model
+        is fine-tuned (linear probing, then fine-tuning: Kumar et al. 2022, ICLR).
+
+        A classifier fresh from its initialisation would otherwise steer the latent of every
+        unlabelled cell through its random ``q(y | z1)`` during the first epochs, and undo part
+        of the structure the scVI model found.
+
+        Parameters
+        ----------
+        z1
+            The cells' latents, ``(n_cells, n_latent)`` (e.g. posterior means of a trained
+            encoder); not changed.
+        classes
+            Each cell's class (``0..n_classes - 1``), ``(n_cells,)``.
+        steps
+            Optimiser steps (Adam), each on ``min(batch_size, n_cells)`` cells drawn without
+            replacement within passes over the cells.
+        batch_size, lr, weight_decay
+            Minibatch size and Adam's learning rate and weight decay.
+        generator
+            The draws of the minibatches (the classifier's dropout uses torch's global
+            generator, as in training).
+
+        Returns
+        -------
+        The number of steps taken: ``0`` with fewer than two cells (the batch norm needs two).
+        """
+        n = int(z1.shape[0])
+        if z1.ndim != 2 or classes.shape != (n,):
+            raise ValueError(f"z1 must be (n_cells, n_latent) and classes (n_cells,), got {tuple(z1.shape)} and {tuple(classes.shape)}.")  # fmt: skip
+        if n and not (0 <= int(classes.min()) and int(classes.max()) < self.n_classes):
+            raise ValueError(f"classes must lie in 0..{self.n_classes - 1}.")
+        if n < 2 or steps <= 0:
+            return 0
+        size = min(int(batch_size), n)
+        z1 = z1.detach().float()
+        classes = classes.long()
+        was_training = self.classifier.training
+        optimiser = torch.optim.Adam(self.classifier.parameters(), lr=lr, weight_decay=weight_decay)
+        self.classifier.train()
+        order, at = torch.randperm(n, generator=generator, device="cpu"), 0
+        try:
+            for _ in range(int(steps)):
+                if at + size > n:  # a new pass: every cell once per pass, no short minibatch
+                    order, at = torch.randperm(n, generator=generator, device="cpu"), 0
+                take = order[at : at + size].to(z1.device)
+                at += size
+                loss = F.cross_entropy(self.class_logits(z1[take]), classes[take])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        finally:
+            self.classifier.train(was_training)
+            for parameter in self.classifier.parameters():
+                parameter.grad = None
+        return int(steps)
+
     @torch.inference_mode()
     def predict_proba(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         """``q(y | E[z1 | x])`` per cell and class: the classifier at the posterior mean."""

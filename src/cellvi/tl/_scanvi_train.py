@@ -24,6 +24,7 @@ def scanvi_train(
     linear_classifier: bool = False,
     label_prior: Literal["uniform", "frequency"] = "uniform",
     balance_labels: bool = False,
+    n_steps_classifier_prefit: int | None = None,
     n_hidden: int = 128,
     n_latent: int = 10,
     n_layers: int = 1,
@@ -92,6 +93,13 @@ def scanvi_train(
         likely, for the classification loss. ``False`` (default): the loss sees the labelled
         cells that the minibatch happens to hold, in the labels' proportions. Balancing did not
         help on the benchmark data (see the scANVI guide in the docs), so it is an option.
+    n_steps_classifier_prefit
+        Started from scVI, the classifier is first trained alone for this many steps
+        (minibatches of ``batch_size``, Adam with ``lr`` and ``weight_decay``) on the scVI
+        latent of the labelled training cells, then the whole model is fine-tuned. ``None``:
+        200 when starting from scVI, none from scratch; ``0``: none (scvi-tools' way). Without
+        it the untrained classifier steers the unlabelled cells' latent in the first epochs; on
+        the benchmark data the pre-fit raised accuracy by 0.02-0.05 (see the scANVI guide).
     n_hidden, n_latent, n_layers, dropout_rate
         Network shape, as in :func:`cellvi.tl.scvi_train` (taken from the scVI model when
         starting from one, as are the options below up to ``use_layer_norm``).

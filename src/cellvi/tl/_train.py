@@ -199,9 +199,12 @@ def train_family(
     training.init_model = _warm_start(family, data, params)
     # options are checked by building the module before anything is trained or written
     module = family.build(params, training.registry, len(training.var_names))
+    tensors = training.tensors
+    # the split first: what prepare fits from the data must not see the validation cells
+    train_idx, val_idx = train_validation_split(tensors.n_cells, params["train_size"], generator)
+    training.train_indices = train_idx
     if family.prepare is not None:
         params.update(family.prepare(module, training, params))
-    tensors = training.tensors
     max_epochs = params["max_epochs"]
     max_epochs = default_max_epochs(tensors.n_cells) if max_epochs is None else int(max_epochs)
     warmup = params["n_epochs_kl_warmup"]
@@ -210,7 +213,6 @@ def train_family(
         max_epochs=max_epochs, n_epochs_kl_warmup=int(warmup),
         precision=resolve_precision(params["precision"], params["accelerator"]),
     )  # fmt: skip
-    train_idx, val_idx = train_validation_split(tensors.n_cells, params["train_size"], generator)
     checkpoint = _checkpoint_setup(run, params, training, tensors.n_cells)
     companion = None if family.companion is None else family.companion(training, params, train_idx)
     logger.info(
