@@ -17,10 +17,12 @@ Semi-supervised annotation on real counts, on the CPU, each tool in its own fres
 4. Scored here, the same way for both tools, on the cells whose label was hidden: accuracy and
    macro F1 of the scANVI predictions, and of a 15-nearest-neighbour classifier fitted on the
    labelled cells of the tool's own scVI latent. Speed: cells x epochs run / training seconds.
-5. ``--query`` (cellvi only; default on when ``pbmc_multibatch`` is in ``--datasets``): a fully
-   labelled reference (``zheng17_sorted``) and a query batch without labels (``pbmc4k_v2``),
-   mapped with ``cv.tl.map_query``; the query's scANVI predictions against its true labels,
-   next to kNN transfer on the mapped scVI latent; both again with ``freeze=False``.
+5. ``--query`` (cellvi only; default on when ``pbmc_multibatch`` is in ``--datasets``): for each
+   pair of ``--query-pairs`` (:data:`QUERY_PAIRS`), a fully labelled reference batch and a query
+   batch of another technology without labels (``zheng17_sorted`` -> ``pbmc4k_v2`` of the curated
+   PBMCs; the CITE-seq PBMC RNA of ``cite_pbmc_2batch.h5mu`` both ways), mapped with
+   ``cv.tl.map_query``; the query's scANVI predictions against its true labels, next to kNN
+   transfer on the mapped scVI latent; both again with ``freeze=False``.
 
 Run it on an otherwise idle machine, and report the ratios rather than absolute cells/s. See
 ``benchmarks/README.md``.
@@ -67,8 +69,6 @@ WORKERS = {
 LABELS_KEY = "label_given"  # what the workers register: the given labels, "Unknown" elsewhere
 UNLABELED = "Unknown"
 N_NEIGHBORS = 15
-QUERY_REFERENCE_BATCH = "zheng17_sorted"
-QUERY_QUERY_BATCH = "pbmc4k_v2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +102,52 @@ DATASETS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryPair:
+    """A fully labelled reference batch and a query batch of another technology, in one file."""
+
+    file: str
+    modality: str | None  # the MuData modality with the RNA counts; None: an h5ad
+    labels_key: str
+    batch_key: str
+    subset_key: str | None  # boolean obs column of the cells to keep; None: all cells
+    drop_labels: tuple[str, ...]  # cells with these labels have no type: left out
+    hvg: bool  # pick --n-top-genes highly variable genes on reference + query
+    reference_batch: str
+    query_batch: str
+    description: str
+
+
+_CITE_RNA = {"file": "cite_pbmc_2batch.h5mu", "modality": "rna", "labels_key": "cell_type",
+             "batch_key": "batch", "subset_key": None, "drop_labels": ("unknown",), "hvg": False}  # fmt: skip
+QUERY_PAIRS = {
+    "pbmc_v1_to_v2": QueryPair(
+        file="pbmc_multibatch.h5ad",
+        modality=None,
+        labels_key="cell_type",
+        batch_key="batch",
+        subset_key="has_curated_label",
+        drop_labels=(),
+        hvg=True,
+        reference_batch="zheng17_sorted",
+        query_batch="pbmc4k_v2",
+        description="curated PBMCs: FACS-sorted 10x v1 reference, 10x v2 query",
+    ),  # fmt: skip
+    "cite_10k_to_inhouse": QueryPair(
+        **_CITE_RNA,
+        reference_batch="pbmc10k_protein_v3",
+        query_batch="bremsc_inhouse",
+        description="CITE-seq PBMC RNA (689 genes): 10x pbmc10k reference, in-house query",
+    ),
+    "cite_inhouse_to_10k": QueryPair(
+        **_CITE_RNA,
+        reference_batch="bremsc_inhouse",
+        query_batch="pbmc10k_protein_v3",
+        description="CITE-seq PBMC RNA (689 genes): the small in-house batch as reference",
+    ),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -119,6 +165,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="run the query-mapping section (cellvi only); None: on when pbmc_multibatch is "
         "among --datasets",
+    )
+    p.add_argument(
+        "--query-pairs",
+        default=",".join(QUERY_PAIRS),
+        help=f"comma-separated reference -> query pairs of the query section, from {sorted(QUERY_PAIRS)}",
     )
     p.add_argument(
         "--max-cells", type=int, default=None, help="seeded subsample of cells (quick checks)"
@@ -184,6 +235,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--datasets takes a comma-separated list of {sorted(DATASETS)}, got {unknown}")
     if args.query is None:
         args.query = "pbmc_multibatch" in args.datasets
+    args.query_pairs = [q.strip() for q in args.query_pairs.split(",") if q.strip()]
+    unknown = [q for q in args.query_pairs if q not in QUERY_PAIRS]
+    if unknown:
+        p.error(
+            f"--query-pairs takes a comma-separated list of {sorted(QUERY_PAIRS)}, got {unknown}"
+        )
+    if args.query and not args.query_pairs:
+        p.error("--query with no --query-pairs: name at least one pair, or pass --no-query")
     if not args.datasets and not args.query:
         p.error("nothing to run: no --datasets and --no-query")
     if args.query_max_cells is None:
@@ -325,62 +384,81 @@ def prepare_dataset(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     return {"info": info, "file": file, "truth": truth, "given": given, "names": names}
 
 
-def prepare_query(args: argparse.Namespace, workdir: Path) -> dict:
-    """``query_reference.h5ad`` (zheng17_sorted, every cell labelled) and ``query_query.h5ad``
-    (pbmc4k_v2, no labels column), with the HVGs of their union."""
+def prepare_query(name: str, args: argparse.Namespace, workdir: Path) -> dict:
+    """``<name>_reference.h5ad`` (every cell labelled) and ``<name>_query.h5ad`` (no labels
+    column) of the query pair ``name``; query cells of a type the reference lacks are left out
+    (they cannot be predicted right)."""
     import anndata as ad
     import numpy as np
     import pandas as pd
 
-    ds = DATASETS["pbmc_multibatch"]
+    pair = QUERY_PAIRS[name]
     t0 = time.perf_counter()
-    path = args.data_dir / ds.file
-    adata = ad.read_h5ad(path)
-    batch = adata.obs[ds.batch_key].astype(str).to_numpy()
-    keep = adata.obs[ds.subset_key].to_numpy().astype(bool) & np.isin(
-        batch, [QUERY_REFERENCE_BATCH, QUERY_QUERY_BATCH]
-    )
+    path = args.data_dir / pair.file
+    if pair.modality is None:
+        adata = ad.read_h5ad(path)
+    else:
+        import mudata as md
+
+        adata = md.read_h5mu(path)[pair.modality]
+    batch = adata.obs[pair.batch_key].astype(str).to_numpy()
+    labels = adata.obs[pair.labels_key].astype(str).to_numpy()
+    keep = np.isin(batch, [pair.reference_batch, pair.query_batch]) & ~np.isin(labels, pair.drop_labels)  # fmt: skip
+    if pair.subset_key is not None:
+        keep &= adata.obs[pair.subset_key].to_numpy().astype(bool)
+    reference_types = set(labels[keep & (batch == pair.reference_batch)].tolist())
+    unknown_to_reference = keep & (batch == pair.query_batch) & ~np.isin(labels, list(reference_types))  # fmt: skip
+    keep &= ~unknown_to_reference
     adata = _subsample(adata[keep], args.query_max_cells, args.seed)
     adata = _clean_counts(
         adata,
         {
-            "batch": adata.obs[ds.batch_key].astype(str).to_numpy(),
-            "label_true": adata.obs[ds.labels_key].astype(str).to_numpy(),
+            "batch": adata.obs[pair.batch_key].astype(str).to_numpy(),
+            "label_true": adata.obs[pair.labels_key].astype(str).to_numpy(),
         },
     )
     adata.obs["batch"] = pd.Categorical(adata.obs["batch"])
-    if adata.n_vars > args.n_top_genes:
+    if pair.hvg and adata.n_vars > args.n_top_genes:
         adata = highly_variable(adata, args.n_top_genes, "batch")
     adata, n_empty = _drop_empty(adata)
 
     parts = {}
-    for role, b in (("reference", QUERY_REFERENCE_BATCH), ("query", QUERY_QUERY_BATCH)):
+    for role, b in (("reference", pair.reference_batch), ("query", pair.query_batch)):
         part = adata[adata.obs["batch"].to_numpy() == b].copy()
         truth = part.obs.pop("label_true").to_numpy().astype(str)
         part.obs["batch"] = pd.Categorical([b] * part.n_obs)
         if role == "reference":  # fully labelled: the given labels are the true ones
             part.obs[LABELS_KEY] = pd.Categorical(truth, categories=sorted(set(truth)))
-        file = workdir / f"query_{role}.h5ad"
+        file = workdir / f"{name}_{role}.h5ad"
         part.write_h5ad(file)
         names = part.obs_names.to_numpy().astype(str)
         parts[role] = {"file": file, "truth": truth, "names": names, "n_cells": int(part.n_obs)}
     info = {
+        "pair": name,
+        "description": pair.description,
         "path": str(path.resolve()),
-        "reference_batch": QUERY_REFERENCE_BATCH,
-        "query_batch": QUERY_QUERY_BATCH,
+        "modality": pair.modality,
+        "reference_batch": pair.reference_batch,
+        "query_batch": pair.query_batch,
         "max_cells": args.query_max_cells,
+        "labels_left_out": list(pair.drop_labels),
+        "n_query_cells_of_types_the_reference_lacks": int(unknown_to_reference.sum()),
         "n_cells_dropped_zero_counts": n_empty,
         "n_reference_cells": parts["reference"]["n_cells"],
         "n_query_cells": parts["query"]["n_cells"],
         "n_genes": int(adata.n_vars),
-        "genes": {
-            "hvg": {
-                "n_top_genes": int(adata.n_vars),
-                "flavor": "seurat",
-                "batch_key": "batch",
-                "on": "reference + query cells",
+        "genes": (
+            {
+                "hvg": {
+                    "n_top_genes": int(adata.n_vars),
+                    "flavor": "seurat",
+                    "batch_key": "batch",
+                    "on": "reference + query cells",
+                }
             }
-        },
+            if pair.hvg
+            else "all genes of the file"
+        ),  # fmt: skip
         "reference_cells_per_class": _counts(parts["reference"]["truth"]),
         "query_cells_per_class": _counts(parts["query"]["truth"]),
         "query_labels": "hidden: the query h5ad has no labels column",
@@ -616,7 +694,7 @@ def print_dataset(name: str, info: dict, summary: dict, n_pairs: int) -> None:
 
 def print_query(info: dict, result: dict, scores: dict) -> None:
     print(
-        f"\nquery mapping (cellvi): reference {info['reference_batch']} "
+        f"\nquery mapping {info['pair']} (cellvi): reference {info['reference_batch']} "
         f"({info['n_reference_cells']:,} cells, fully labelled) -> query {info['query_batch']} "
         f"({info['n_query_cells']:,} cells, labels hidden), {info['n_genes']:,} genes"
     )
@@ -684,15 +762,15 @@ def run_dataset(name: str, args, workdir: Path, record: dict) -> None:
         entry["summary"] = summarise(entry["runs"])
 
 
-def run_query(args, workdir: Path, record: dict) -> None:
-    print("\npreparing the query-mapping data ...", flush=True)
-    parts = prepare_query(args, workdir)
+def run_query(name: str, args, workdir: Path, record: dict) -> None:
+    print(f"\npreparing the query-mapping data of {name} ...", flush=True)
+    parts = prepare_query(name, args, workdir)
     entry: dict = {"dataset": parts["info"], "result": None, "scores": None, "error": None}
-    record["query"] = entry
+    record["query"][name] = entry
     worker_args = ["--task", "query", "--reference", str(parts["reference"]["file"]),
                    "--query", str(parts["query"]["file"]), "--batch-key", "batch"]  # fmt: skip
     try:
-        res = run_worker("cellvi", args, workdir, "query_cellvi", worker_args)
+        res = run_worker("cellvi", args, workdir, f"query_{name}_cellvi", worker_args)
     except WorkerError as exc:
         entry["error"] = {"tool": exc.tool, "message": str(exc), "stderr_tail": _tail(exc.stderr)}
         print(f"\nerror: {exc}; last lines of its stderr:", file=sys.stderr)
@@ -714,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     files = {DATASETS[d].file for d in args.datasets}
     if args.query:
-        files.add(DATASETS["pbmc_multibatch"].file)
+        files |= {QUERY_PAIRS[q].file for q in args.query_pairs}
     missing = sorted(f for f in files if not (args.data_dir / f).exists())
     if missing:
         fail(
@@ -744,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "datasets": args.datasets,
             "query": args.query,
+            "query_pairs": args.query_pairs if args.query else [],
             "label_fraction": args.label_fraction,
             "label_mask": "per class, numpy default_rng(seed), classes in sorted order, "
             "round half up, at least 1 cell",
@@ -773,13 +852,14 @@ def main(argv: list[str] | None = None) -> int:
             "scvi-tools": str(args.scvi_python),
         },
         "datasets": {},
-        "query": None,
+        "query": {},
     }
     try:
         for name in args.datasets:
             run_dataset(name, args, workdir, record)
         if args.query:
-            run_query(args, workdir, record)
+            for pair in args.query_pairs:
+                run_query(pair, args, workdir, record)
     finally:
         if temp:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -787,14 +867,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in record["datasets"].items():
         if entry["summary"] is not None:
             print_dataset(name, entry["dataset"], entry["summary"], args.pairs)
-    q = record["query"]
-    if q is not None and q["result"] is not None:
-        print_query(q["dataset"], q["result"], q["scores"])
+    for q in record["query"].values():
+        if q["result"] is not None:
+            print_query(q["dataset"], q["result"], q["scores"])
     print("\n(cells/s: cells x epochs run / seconds of the training call; each tool at its default")
     print(" precision and settings; report the ratios, measured on an otherwise idle machine)")
 
     errors = [e["error"] for e in record["datasets"].values() if e["error"]]
-    errors += [q["error"]] if q is not None and q["error"] else []
+    errors += [q["error"] for q in record["query"].values() if q["error"]]
     record["status"] = "failed" if errors else "ok"
     record["total_wall_seconds"] = time.perf_counter() - t_total
     args.output.parent.mkdir(parents=True, exist_ok=True)
