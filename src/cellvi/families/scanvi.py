@@ -171,6 +171,30 @@ def prepare(module: SCANVIModule, data: TrainingData, params: dict[str, Any]) ->
     return resolved
 
 
+def _labelled_cells(data: TrainingData, params: dict[str, Any], indices=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The labelled cells among ``indices`` (every cell when None) and their registry codes."""
+    code = unlabeled_code(data.registry, params["unlabeled_category"])
+    indices = np.arange(data.tensors.n_cells) if indices is None else np.asarray(indices)
+    codes = data.tensors.labels.numpy().reshape(-1)[indices]
+    keep = codes != code
+    return indices[keep], codes[keep]
+
+
+def _over_cells(module: SCANVIModule, tensors, indices, fn, batch_size: int = 1024) -> torch.Tensor:  # fmt: skip
+    """``fn(minibatch)`` over the cells ``indices`` in their order, in eval mode (the module's
+    mode is restored) without gradients, on the module's device; concatenated on the CPU."""
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            loader = MinibatchLoader(tensors, np.asarray(indices), batch_size=batch_size)
+            parts = [fn({k: v.to(device) for k, v in mb.items()}).float().cpu() for mb in loader]
+    finally:
+        module.train(was_training)
+    return torch.cat(parts)
+
+
 def _prefit_classifier(module: SCANVIModule, data: TrainingData, params: dict[str, Any]) -> int:
     """Fit the classifier of a model started from scVI on the latent of the labelled training
     cells, the scVI encoder's posterior means (:meth:`SCANVIModule.prefit_classifier`); returns
@@ -179,37 +203,23 @@ def _prefit_classifier(module: SCANVIModule, data: TrainingData, params: dict[st
     steps = PREFIT_STEPS if steps is None else int(steps)
     if steps == 0 or module.classification_ratio == 0:
         return 0
-    code = unlabeled_code(data.registry, params["unlabeled_category"])
-    train = np.arange(data.tensors.n_cells) if data.train_indices is None else np.asarray(data.train_indices)  # fmt: skip
-    labelled = train[data.tensors.labels.numpy().reshape(-1)[train] != code]
+    labelled, codes = _labelled_cells(data, params, data.train_indices)
     if labelled.size < 2:
         return 0
-    was_training = module.training
-    module.eval()
-    parts = []
-    with torch.no_grad():
-        for mb in MinibatchLoader(data.tensors, labelled, batch_size=1024):
-            parts.append(module.inference(
-                mb.get("x"), mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"),
-                deterministic=True,
-            )["qz_m"].float())  # fmt: skip
-    module.train(was_training)
-    classes = module.classes(torch.as_tensor(data.tensors.labels.numpy().reshape(-1)[labelled]))
+    z1 = _over_cells(module, data.tensors, labelled, module.latent_mean)
+    device = next(module.parameters()).device
     generator = torch.Generator().manual_seed(int(params["seed"]))
     return module.prefit_classifier(
-        torch.cat(parts), classes, steps=steps, batch_size=int(params["batch_size"]),
-        lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), generator=generator,
+        z1.to(device), module.classes(torch.as_tensor(codes, device=device)), steps=steps,
+        batch_size=int(params["batch_size"]), lr=float(params["lr"]),
+        weight_decay=float(params["weight_decay"]), generator=generator,
     )  # fmt: skip
 
 
-@torch.inference_mode()
 def probabilities(module: SCANVIModule, tensors, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities of every cell, ``(n_cells, n_classes)``."""
-    device = next(module.parameters()).device
-    module.eval()
-    loader = MinibatchLoader(tensors, np.arange(tensors.n_cells), batch_size=batch_size)
-    parts = [module.predict_proba({k: v.to(device) for k, v in mb.items()}).cpu() for mb in loader]
-    return torch.cat(parts).numpy().astype(np.float32)
+    proba = _over_cells(module, tensors, np.arange(tensors.n_cells), module.predict_proba, batch_size)  # fmt: skip
+    return proba.numpy().astype(np.float32)
 
 
 def outputs(module: SCANVIModule, tensors, var_names, key: str) -> dict[str, dict[str, Any]]:
@@ -233,15 +243,11 @@ def companion(data: TrainingData, params: dict[str, Any], train_indices) -> Comp
     benchmark data it cost accuracy and gained no macro F1)."""
     if not params.get("balance_labels", False):
         return None
-    code = unlabeled_code(data.registry, params["unlabeled_category"])
-    train_indices = np.asarray(train_indices)
-    codes = data.tensors.labels.numpy()[train_indices]
-    labelled = codes != code
-    if not labelled.any():
+    labelled, codes = _labelled_cells(data, params, train_indices)
+    if labelled.size == 0:
         return None
-    counts = np.bincount(codes[labelled], minlength=int(data.registry["n_labels"]))
-    weights = 1.0 / counts[codes[labelled]]
-    return Companion("labelled", train_indices[labelled], weights, int(params["batch_size"]))
+    counts = np.bincount(codes, minlength=int(data.registry["n_labels"]))
+    return Companion("labelled", labelled, 1.0 / counts[codes], int(params["batch_size"]))
 
 
 def warm_start(params: dict[str, Any]) -> str | None:

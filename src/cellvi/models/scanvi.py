@@ -221,14 +221,17 @@ class SCANVIModule(SCVIModule):
                 parameter.grad = None
         return int(steps)
 
-    @torch.inference_mode()
-    def predict_proba(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``q(y | E[z1 | x])`` per cell and class: the classifier at the posterior mean."""
-        qz_m = self.inference(
+    def latent_mean(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``E[z1 | x]`` per cell: the posterior mean of the latent the classifier reads."""
+        return self.inference(
             mb["x"], mb["batch"], mb["cat_covs"], mb["cont_covs"], mb.get("size_factor"),
             deterministic=True,
         )["qz_m"]  # fmt: skip
-        return torch.softmax(self.class_logits(qz_m), dim=-1)
+
+    @torch.inference_mode()
+    def predict_proba(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``q(y | E[z1 | x])`` per cell and class: the classifier at the posterior mean."""
+        return torch.softmax(self.class_logits(self.latent_mean(mb)), dim=-1)
 
     # -- the label-dependent prior -------------------------------------------------------------
     def _class_pairs(self, classes: torch.Tensor) -> tuple[torch.Tensor, ...]:
