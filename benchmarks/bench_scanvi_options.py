@@ -48,7 +48,7 @@ OPTIONS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = parser(__doc__.split("\n\n")[0], seeds=[0, 1], output=DEFAULT_OUTPUT)
+    p = parser(__doc__.split("\n\n")[0], seeds=[0, 1, 2], output=DEFAULT_OUTPUT)
     p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     p.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
     return parse(p, argv)
