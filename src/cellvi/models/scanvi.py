@@ -205,7 +205,9 @@ class SCANVIModule(SCVIModule):
         z1 = z1.detach().float()
         classes = classes.long()
         was_training = self.classifier.training
-        optimiser = torch.optim.Adam(self.classifier.parameters(), lr=lr, weight_decay=weight_decay)
+        params = list(self.classifier.parameters())
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)  # as the training plan
+        optimiser = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
         self.classifier.train()
         order, at = torch.randperm(n, generator=generator, device="cpu"), 0
         try:
