@@ -77,9 +77,11 @@ cv.tl.scvi_train(adata, max_epochs=MAX_EPOCHS, seed=0)
 cv.tl.scanvi_train(adata, unlabeled_category="unknown", seed=0)
 
 # %% [markdown]
-# `scanvi_train` copied the scVI model's encoder and decoder from `adata.uns["scvi"]`, trained
-# for 10 epochs (a fine-tune: the scVI model has done most of the work) and wrote, beside the
-# latent `obsm["X_scanvi"]` and the model `uns["scanvi"]`:
+# `scanvi_train` copied the scVI model's encoder and decoder from `adata.uns["scvi"]`, fitted
+# the classifier alone on the scVI latent of the labelled cells (200 steps, a fraction of a
+# second), then trained the whole model for 10 epochs (a fine-tune: the scVI model has done
+# most of the work) and wrote, beside the latent `obsm["X_scanvi"]` and the model
+# `uns["scanvi"]`:
 #
 # - `obs["scanvi_prediction"]`: the predicted type of every cell (the registry's label
 #   categories, without `"unknown"`);
