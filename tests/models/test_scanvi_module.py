@@ -167,3 +167,22 @@ def test_prefit_classifier_is_seeded_and_refuses_bad_input():
         module.prefit_classifier(z1, classes + 1, steps=1)
     with pytest.raises(ValueError, match=r"classes \(n_cells,\)"):
         module.prefit_classifier(z1, classes[:10], steps=1)
+
+
+def test_the_classifier_runs_in_float32_under_autocast():
+    """Training runs under bfloat16 autocast; the classifier stays out of it: its logits are
+    those of float32 arithmetic, bit for bit, in a hidden-layer and a linear classifier."""
+    torch.manual_seed(0)
+    z1 = torch.randn(64, 10)
+    for linear in (False, True):
+        module = SCANVIModule(30, 2, n_batch=2, n_labels=6, n_hidden=64, linear_classifier=linear)
+        module.eval()
+        with torch.no_grad():
+            expected = module.class_logits(z1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = module.class_logits(z1)
+                # the control: the same classifier left in autocast is not float32 arithmetic
+                in_autocast = module.classifier(z1)
+        assert got.dtype == torch.float32
+        assert in_autocast.dtype == torch.bfloat16
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
