@@ -7,7 +7,8 @@ Semi-supervised annotation on real counts, on the CPU, each tool in its own fres
    curated labels (6,024 cells, 2 batches, ``obs["cell_type"]``) and reduced to 2,000 highly
    variable genes as in ``bench_scvi_speed.py`` (scanpy ``flavor="seurat"``, per batch, on a
    log-normalised copy; the raw counts are kept); ``mouse_bladder_han18_top2000.h5ad`` (one
-   batch, 16 types in ``obs["label"]``) with all its genes.
+   batch, 16 types in ``obs["label"]``) with all its genes; ``pancreas_endocrinogenesis_2k_genes
+   .h5ad`` (one batch, 8 clusters in ``obs["clusters"]``) with all its genes.
 2. A seeded 10 % of the cells of each class keep their label (at least one cell per class,
    rounded to the nearest cell); every other cell gets ``"Unknown"``. The mask is written into
    the h5ad both workers read (``obs["label_given"]``).
@@ -98,6 +99,15 @@ DATASETS = {
         subset_key=None,
         hvg=False,
         description="Han et al. 2018 mouse bladder (one batch, 16 types), all 2,003 genes",
+    ),
+    "pancreas_bastidas19": Dataset(
+        file="pancreas_endocrinogenesis_2k_genes.h5ad",
+        labels_key="clusters",
+        batch_key=None,
+        subset_key=None,
+        hvg=False,
+        description="Bastidas-Ponce et al. 2019 mouse pancreas, endocrinogenesis (one batch, 8 "
+        "clusters along a differentiation), all 2,000 genes, spliced counts",
     ),
 }
 
