@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MLP, GaussianEncoder
+from ..nn.optim import adam
 from . import _scanvi_pairs
 from .scvi import LossTerms, SCVIModule, _kl_normal, _kl_standard_normal, _nonzeros, log_normal
 
@@ -206,8 +207,7 @@ class SCANVIModule(SCVIModule):
         classes = classes.long()
         was_training = self.classifier.training
         params = list(self.classifier.parameters())
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)  # as the training plan
-        optimiser = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        optimiser = adam(params, lr=lr, weight_decay=weight_decay)
         self.classifier.train()
         order, at = torch.randperm(n, generator=generator, device="cpu"), 0
         try:
@@ -222,7 +222,7 @@ class SCANVIModule(SCVIModule):
                 optimiser.step()
         finally:
             self.classifier.train(was_training)
-            for parameter in self.classifier.parameters():
+            for parameter in params:
                 parameter.grad = None
         return int(steps)
 

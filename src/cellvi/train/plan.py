@@ -16,6 +16,8 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from ..nn.optim import adam
+
 NAN_HINT = (
     "Likely causes: the data are not raw counts (e.g. normalised or scaled values), some cells "
     "have extreme library sizes, or the learning rate is too high (try lr=1e-4)."
@@ -208,12 +210,11 @@ class TrainingPlan(pl.LightningModule):
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.module.parameters() if p.requires_grad]
-        # the fused kernel updates all parameters in one pass: several times cheaper per step;
         # Lightning clips gradients only for unfused optimisers (mixed precision unscaling)
-        fused = not self.gradient_clip_val and all(p.device.type in ("cpu", "cuda") for p in params)
-        optimizer = torch.optim.Adam(
-            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
-        )
+        optimizer = adam(
+            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
+            fusable=not self.gradient_clip_val,
+        )  # fmt: skip
         if not self.reduce_lr_on_plateau:
             return optimizer
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
